@@ -1,0 +1,162 @@
+"""Wiring: settings to a running proxy on uvloop, signals, graceful drain, and worker processes.
+
+`run` is what the CLI calls once the configuration is valid. With `forward.workers = N > 1` the parent forks N
+workers that share the listen port through SO_REUSEPORT; the parent serves the admin endpoints, passes SIGTERM/SIGINT
+(and SIGHUP) on to every worker and exits 0 only after all of them drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Mapping
+
+import uvloop
+
+from proxy.config import Settings
+from proxy.server.admin import start_admin
+from proxy.server.http1 import RequestPolicy
+from proxy.server.listener import ForwardServer
+from proxy.tracing import Propagator, SystemIdSource
+from proxy.tracing.options import PropagationConfig
+
+log = logging.getLogger(__name__)
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def build_propagator(settings: Settings, environ: Mapping[str, str]) -> Propagator:
+    """The propagation core for these settings; `SENTRY_TRACE`/`SENTRY_BAGGAGE` become its environment carrier."""
+    sentry = settings.sentry
+    config = PropagationConfig.from_options(
+        dsn=sentry.dsn,
+        environment=sentry.environment,
+        release=sentry.release,
+        traces_sample_rate=sentry.traces_sample_rate,
+        trace_propagation_targets=sentry.trace_propagation_targets,
+        strict_trace_continuation=sentry.strict_trace_continuation,
+        org_id=sentry.org_id,
+        propagate_traceparent=sentry.propagate_traceparent,
+    )
+    carrier: dict[str, list[str]] = {}
+    if environ.get("SENTRY_TRACE"):
+        carrier["sentry-trace"] = [environ["SENTRY_TRACE"]]
+    if environ.get("SENTRY_BAGGAGE"):
+        carrier["baggage"] = [environ["SENTRY_BAGGAGE"]]
+    return Propagator(config, SystemIdSource(), carrier or None)
+
+
+def _forward_server(settings: Settings, loop: asyncio.AbstractEventLoop, reuse_port: bool) -> ForwardServer:
+    fwd = settings.forward
+    policy = RequestPolicy.create(build_propagator(settings, os.environ), fwd.connect_ports)
+    return ForwardServer(
+        loop,
+        policy,
+        host=fwd.listen.host,
+        port=fwd.listen.port,
+        connect_timeout=fwd.connect_timeout,
+        idle_timeout=fwd.idle_timeout,
+        reuse_port=reuse_port,
+    )
+
+
+async def _serve(settings: Settings, *, reuse_port: bool, with_admin: bool) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    if reuse_port:
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)  # a reload, later; never a crash
+    server = _forward_server(settings, loop, reuse_port)
+    try:
+        await server.start()
+    except OSError as exc:
+        log.error("cannot listen on %s: %s", settings.forward.listen, exc.strerror or exc)
+        return 1
+    admin = None
+    if with_admin and settings.admin.listen is not None:
+        address = settings.admin.listen
+        try:
+            admin = await start_admin(address.host, address.port, lambda: not server.draining)
+        except OSError as exc:
+            log.error("cannot listen on %s (admin.listen): %s", address, exc.strerror or exc)
+            await server.drain(0)
+            return 1
+    log.info(
+        "trace-proxy listening on %s (pid %d)%s",
+        settings.forward.listen,
+        os.getpid(),
+        f", admin on {settings.admin.listen}" if admin is not None else "",
+    )
+    await stop.wait()
+    log.info("shutting down: draining for up to %gs", settings.forward.shutdown_grace)
+    await server.drain(settings.forward.shutdown_grace)
+    if admin is not None:
+        await admin.cleanup()
+    log.info("stopped")
+    return 0
+
+
+def run(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT; the exit status is 0 after a clean drain."""
+    if settings.forward.workers > 1:
+        return _run_workers(settings)
+    return uvloop.run(_serve(settings, reuse_port=False, with_admin=True))
+
+
+def _run_workers(settings: Settings) -> int:
+    """Fork the workers before any event loop exists, then supervise them from a loop of the parent's own."""
+    children: list[int] = []
+    for _ in range(settings.forward.workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = uvloop.run(_serve(settings, reuse_port=True, with_admin=False))
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children.append(pid)
+    return uvloop.run(_supervise(settings, children))
+
+
+async def _supervise(settings: Settings, children: list[int]) -> int:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    alive = set(children)
+    failed = False
+
+    def forward(sig: signal.Signals) -> None:
+        if sig in _STOP_SIGNALS:
+            stopping.set()
+        for pid in alive:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    for sig in (*_STOP_SIGNALS, signal.SIGHUP):
+        loop.add_signal_handler(sig, forward, sig)
+    admin = None
+    if settings.admin.listen is not None:
+        address = settings.admin.listen
+        try:
+            admin = await start_admin(address.host, address.port, lambda: not stopping.is_set() and bool(alive))
+        except OSError as exc:
+            log.error("cannot listen on %s (admin.listen): %s", address, exc.strerror or exc)
+            forward(signal.SIGTERM)
+            failed = True
+    while alive:
+        pid, status = await loop.run_in_executor(None, os.wait)
+        alive.discard(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0 or not stopping.is_set():
+            failed = True
+            log.error("worker %d exited with status %d; stopping the others", pid, code)
+            forward(signal.SIGTERM)
+    if admin is not None:
+        await admin.cleanup()
+    return 1 if failed else 0
+

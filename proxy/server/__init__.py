@@ -1,0 +1,1 @@
+"""The asyncio side: listeners, origin connections and tunnels, thin around the sans-I/O core."""

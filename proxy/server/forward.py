@@ -1,0 +1,486 @@
+"""The forward-proxy listener: one protocol object per client connection, on the hot path of every request.
+
+The request head is parsed by llhttp (httptools) through callbacks, rewritten once by `http1.plan_request`, and
+written to a pooled origin connection; the body follows as the parser yields it.  Requests a client pipelines wait
+in order behind the one in flight.  CONNECT and accepted Upgrades turn the connection into a byte relay.  Nothing
+here logs or allocates per header beyond the rewritten head: this is the code whose cost the benchmark measures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from proxy.server.http1 import (
+    MAX_HEAD_BYTES,
+    Framing,
+    RequestPlan,
+    RequestRejected,
+    error_response,
+    plan_connect,
+    plan_request,
+)
+from proxy.server.upstream import UpstreamConnection, UpstreamError
+
+if TYPE_CHECKING:
+    from proxy.server.listener import ForwardServer
+
+log = logging.getLogger(__name__)
+
+_PIPELINE = 1  # a request waits behind the one in flight
+_UPSTREAM = 2  # the origin's socket buffer is full
+_PENDING = 4  # body bytes wait for an origin connection
+_MAX_PENDING = 1 << 20
+
+_ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
+
+
+class Exchange:
+    """One proxied request: its plan, its body on the way, and the record a span is made from later."""
+
+    __slots__ = (
+        "body_done",
+        "ended",
+        "pending",
+        "pending_size",
+        "plan",
+        "retried",
+        "started",
+        "status",
+        "upstream",
+    )
+
+    def __init__(self, plan: RequestPlan, now: float) -> None:
+        self.plan = plan
+        self.started = now
+        self.ended = 0.0
+        self.status = 0
+        self.body_done = plan.body is Framing.NONE
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+        self.upstream: UpstreamConnection | None = None
+        self.retried = False
+
+
+class ClientConnection(asyncio.Protocol):
+    """A client connection: parses requests, drives one exchange at a time, or relays a tunnel."""
+
+    def __init__(self, server: ForwardServer) -> None:
+        self._server = server
+        self._policy = server.policy
+        self._pool = server.pool
+        self._now = server.now
+        self._parser = HttpRequestParser(self)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._in_head = True
+        self._head_bytes = 0
+        self._reading: Exchange | None = None
+        self.current: Exchange | None = None
+        self._queue: deque[Exchange] = deque()
+        self._paused = 0
+        self._input_done = False
+        self._deferred_error: bytes | None = None
+        self.closing_after_response = False
+        self.last_active = 0.0
+        # tunnel state (CONNECT, accepted Upgrade)
+        self._tunnel_buf: list[bytes] | None = None
+        self.tunnel_peer: UpstreamConnection | None = None
+        self._eofs = 0
+        self._pending_tunnel_bytes = 0
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.last_active = self._now()
+        self._server.connection_opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = self._now()
+        if self._tunnel_buf is not None:
+            peer = self.tunnel_peer
+            if peer is not None:
+                peer.transport.write(data)
+            else:
+                self._tunnel_buf.append(data)
+                self._pending_tunnel_bytes += len(data)
+                if self._pending_tunnel_bytes > _MAX_PENDING:
+                    self._pause(_PENDING)
+            return
+        if self._input_done:
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except HttpParserUpgrade as upgrade:
+            self._input_done = True
+            tail = data[upgrade.args[0] :]
+            self._tunnel_buf = [tail] if tail else []
+            return
+        except HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, RequestRejected):
+                self._reject(cause.status, cause.message, cause.proxy_error)
+            else:
+                log.error("request handling failed", exc_info=cause)
+                self._reject(500, "trace-proxy failed to handle the request", "proxy_internal_error")
+            return
+        except HttpParserError as exc:
+            self._reject(400, f"malformed request: {exc}", "http_request_error")
+            return
+        if self._in_head and self._head_bytes > MAX_HEAD_BYTES:
+            self._reject(431, f"request head larger than {MAX_HEAD_BYTES // 1024} KiB", "http_request_error")
+
+    def eof_received(self) -> bool | None:
+        if self.tunnel_peer is not None:
+            self._eofs += 1
+            if self.tunnel_peer.transport.can_write_eof():
+                self.tunnel_peer.transport.write_eof()
+            if self._eofs >= 2:
+                self.transport.close()
+                return None
+            return True
+        if self._tunnel_buf is not None:
+            self._eofs += 1  # passed on once the tunnel or upgrade is established
+            return True
+        # A client that half-closes after its request still gets the response.
+        self._input_done = True
+        if self.current is None and self._tunnel_buf is None:
+            return None
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.connection_closed(self)
+        self._input_done = True
+        peer = self.tunnel_peer
+        if peer is not None:
+            self.tunnel_peer = None
+            peer.client = None
+            peer.transport.close()
+        exchange = self.current
+        self.current = None
+        self._queue.clear()
+        if exchange is not None:
+            up = exchange.upstream
+            if up is not None and up.client is self:
+                up.client = None
+                up.exchange = None
+                up.transport.close()
+
+    def pause_writing(self) -> None:
+        up = self.tunnel_peer or (self.current.upstream if self.current is not None else None)
+        if up is not None:
+            up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        up = self.tunnel_peer or (self.current.upstream if self.current is not None else None)
+        if up is not None and not up.transport.is_closing():
+            up.transport.resume_reading()
+
+    # -- flow control -------------------------------------------------------------------------------------------
+
+    def _pause(self, reason: int) -> None:
+        if not self._paused and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self._paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if self._paused & reason:
+            self._paused &= ~reason
+            if not self._paused and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def pause_for_upstream(self) -> None:
+        self._pause(_UPSTREAM)
+
+    def resume_for_upstream(self) -> None:
+        self._resume(_UPSTREAM)
+
+    # -- llhttp callbacks ---------------------------------------------------------------------------------------
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        parser = self._parser
+        url = self._url
+        headers = self._headers
+        self._url = b""
+        self._headers = []
+        version = parser.get_http_version()
+        if version == "1.1":
+            http11 = True
+        elif version == "1.0":
+            http11 = False
+        else:
+            raise RequestRejected(400, f"unsupported HTTP version {version} (trace-proxy speaks HTTP/1.0 and 1.1)")
+        method = parser.get_method()
+        if method == b"CONNECT":
+            self._begin_connect(url)
+            return
+        plan = plan_request(
+            method, url, http11, parser.should_keep_alive(), parser.should_upgrade(), headers, self._policy
+        )
+        exchange = Exchange(plan, self._now())
+        self._reading = exchange
+        if self.current is None:
+            self._start(exchange)
+        else:
+            self._queue.append(exchange)
+            self._pause(_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self._reading
+        if exchange is None:
+            return
+        if exchange.plan.body is Framing.CHUNKED:
+            body = b"%x\r\n%b\r\n" % (len(body), body)
+        self._send_body(exchange, body)
+
+    def on_message_complete(self) -> None:
+        exchange = self._reading
+        self._in_head = True
+        if exchange is None:
+            return
+        self._reading = None
+        if exchange.plan.body is Framing.CHUNKED:
+            self._send_body(exchange, b"0\r\n\r\n")
+        exchange.body_done = True
+        if not exchange.plan.keep_alive:
+            self._input_done = True
+
+    # -- exchanges ----------------------------------------------------------------------------------------------
+
+    def _send_body(self, exchange: Exchange, data: bytes) -> None:
+        up = exchange.upstream
+        if up is not None and exchange is self.current:
+            up.transport.write(data)
+            return
+        exchange.pending.append(data)
+        exchange.pending_size += len(data)
+        if exchange.pending_size > _MAX_PENDING:
+            self._pause(_PENDING)
+
+    def _start(self, exchange: Exchange) -> None:
+        self.current = exchange
+        plan = exchange.plan
+        key = (plan.host, plan.port)
+        if self._server.is_self(key):
+            self._fail(exchange, 508, f"request to {plan.host}:{plan.port} would loop back into trace-proxy",
+                       "proxy_loop_detected")
+            return
+        up = self._pool.acquire(key)
+        if up is not None:
+            self._attach(exchange, up)
+        else:
+            self._server.spawn(self._connect(exchange))
+
+    async def _connect(self, exchange: Exchange) -> None:
+        plan = exchange.plan
+        try:
+            up = await self._pool.connect(plan.host, plan.port)
+        except UpstreamError as err:
+            if exchange is self.current:
+                self.upstream_failed(exchange, err)
+            return
+        if exchange is not self.current or self.transport.is_closing():
+            self._pool.release(up)
+            return
+        self._attach(exchange, up)
+
+    def _attach(self, exchange: Exchange, up: UpstreamConnection) -> None:
+        exchange.upstream = up
+        up.bind(self, exchange)
+        up.last_active = self._now()
+        pending = exchange.pending
+        if pending:
+            up.transport.write(b"".join([exchange.plan.head, *pending]))
+            exchange.pending = []
+            exchange.pending_size = 0
+            self._resume(_PENDING)
+        else:
+            up.transport.write(exchange.plan.head)
+
+    def response_complete(self, exchange: Exchange, close_client: bool) -> None:
+        """The origin's response has been written out in full."""
+        exchange.ended = self._now()
+        self._server.stats.exchange_done(exchange)
+        if exchange is not self.current:
+            return
+        self.current = None
+        exchange.upstream = None
+        if (
+            close_client
+            or self.closing_after_response
+            or not exchange.body_done
+            or exchange.plan.upgrade
+            or self.transport.is_closing()
+        ):
+            self._close()
+            return
+        self._next()
+
+    def _next(self) -> None:
+        if self._queue:
+            nxt = self._queue.popleft()
+            if not self._queue:
+                self._resume(_PIPELINE)
+            self._start(nxt)
+        elif self._deferred_error is not None:
+            self.transport.write(self._deferred_error)
+            self._close()
+        elif self._input_done and self._tunnel_buf is None:
+            self._close()
+
+    def upstream_failed(self, exchange: Exchange, err: UpstreamError) -> None:
+        """The origin could not be reached or answered badly before the response began."""
+        self._fail(exchange, err.status, err.message, err.proxy_error)
+
+    def upstream_lost(self, exchange: Exchange, up: UpstreamConnection) -> None:
+        """The origin closed the connection while this exchange was on it."""
+        if up.response_started:
+            # Headers were sent: the client must see a truncated response, not a complete one.
+            exchange.ended = self._now()
+            self._server.stats.exchange_done(exchange)
+            self.transport.abort()
+            return
+        if up.reused and not up.got_bytes and not exchange.retried and exchange.plan.body is Framing.NONE:
+            # A pooled connection the origin had already closed: safe to send the same head once more.
+            exchange.retried = True
+            exchange.upstream = None
+            self._server.spawn(self._connect(exchange))
+            return
+        self._fail(
+            exchange,
+            502,
+            f"{exchange.plan.host}:{exchange.plan.port} closed the connection before sending a response",
+            "connection_terminated",
+        )
+
+    def _fail(self, exchange: Exchange, status: int, message: str, proxy_error: str) -> None:
+        exchange.status = status
+        exchange.ended = self._now()
+        self._server.stats.exchange_done(exchange)
+        self.current = None
+        if not self.transport.is_closing():
+            self.transport.write(error_response(status, message, proxy_error))
+        self._close()
+
+    def _reject(self, status: int, message: str, proxy_error: str) -> None:
+        """Answer a request the proxy will not forward; the connection closes after it."""
+        self._input_done = True
+        self._server.stats.rejected(status)
+        body = error_response(status, message, proxy_error)
+        if self.current is not None:
+            self._deferred_error = body  # after the response in flight
+            return
+        self.transport.write(body)
+        self._close()
+
+    def _close(self) -> None:
+        self._input_done = True
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def close_if_idle(self) -> bool:
+        """Close now when no request is in flight (shutdown, idle timeout); report whether it closed."""
+        if self.current is None and self.tunnel_peer is None and self._tunnel_buf is None:
+            self._close()
+            return True
+        self.closing_after_response = True
+        return False
+
+    def stalled(self, timeout: float) -> None:
+        """Neither side moved a byte for idle_timeout while a request was in flight."""
+        exchange = self.current
+        if exchange is None:
+            return
+        up = exchange.upstream
+        if up is not None and up.response_started:
+            self.transport.abort()
+            up.transport.abort()
+            return
+        if up is not None:
+            up.client = None
+            up.exchange = None
+            up.transport.abort()
+        self._fail(
+            exchange,
+            504,
+            f"{exchange.plan.host}:{exchange.plan.port} sent no response within {timeout:g}s (forward.idle_timeout)",
+            "http_response_timeout",
+        )
+
+    # -- tunnels --------------------------------------------------------------------------------------------------
+
+    def _begin_connect(self, target: bytes) -> None:
+        if self.current is not None or self._queue:
+            raise RequestRejected(400, "CONNECT must not be pipelined behind another request")
+        host, port = plan_connect(target, self._policy.connect_ports)
+        if self._server.is_self((host, port)):
+            raise RequestRejected(508, f"CONNECT to {host}:{port} would loop back into trace-proxy",
+                                  "proxy_loop_detected")
+        self._server.stats.tunnel_opened()
+        self._server.spawn(self._connect_tunnel(host, port))
+
+    async def _connect_tunnel(self, host: str, port: int) -> None:
+        try:
+            up = await self._pool.connect(host, port)
+        except UpstreamError as err:
+            self._server.stats.rejected(err.status)
+            if not self.transport.is_closing():
+                self.transport.write(error_response(err.status, err.message, err.proxy_error))
+            self._close()
+            return
+        if self.transport.is_closing():
+            up.transport.close()
+            return
+        up.start_tunnel(self)
+        self.tunnel_peer = up
+        self.transport.write(_ESTABLISHED)
+        self._flush_tunnel_buf(up)
+
+    def _flush_tunnel_buf(self, up: UpstreamConnection) -> None:
+        buf = self._tunnel_buf
+        if buf is None:
+            self._tunnel_buf = []
+            return
+        if buf:
+            up.transport.write(b"".join(buf))
+            buf.clear()
+            self._pending_tunnel_bytes = 0
+            self._resume(_PENDING)
+        if self._eofs and up.transport.can_write_eof():
+            up.transport.write_eof()
+
+    def upgraded(self, exchange: Exchange, up: UpstreamConnection) -> None:
+        """The origin accepted an Upgrade: from now on both sides are relayed as bytes."""
+        exchange.ended = self._now()
+        self._server.stats.exchange_done(exchange)
+        self.current = None
+        self.tunnel_peer = up
+        self._flush_tunnel_buf(up)
+
+    def peer_eof(self) -> None:
+        """The origin side of a tunnel half-closed."""
+        self._eofs += 1
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        if self._eofs >= 2:
+            self.transport.close()
+
+    def tunnel_peer_lost(self) -> None:
+        self.tunnel_peer = None
+        self._close()

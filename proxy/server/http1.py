@@ -1,0 +1,470 @@
+"""HTTP/1.x head rewriting for a forward proxy, without I/O.
+
+llhttp (through httptools) does the byte-level parsing and rejects the ambiguous framings (Content-Length with
+Transfer-Encoding, duplicate or malformed lengths, obs-fold, bare CR/LF, control bytes).  This module takes what it
+produced (method, target, version, the header list) and decides everything a proxy must decide per message: where
+the request goes, the one head the origin receives (origin-form target, hop-by-hop headers removed, trace headers
+rewritten), how each body is framed on the way out, and whether each side stays open.  Keeping it free of sockets
+means every one of those decisions is tested with plain data, as h11 and mitmproxy do.
+
+Both directions are re-framed by the proxy: the origin and the client only ever receive messages whose framing the
+proxy itself wrote, so a message two parsers could read differently never crosses it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from proxy.tracing import Decision, Propagator, TraceSource
+
+MAX_HEAD_BYTES = 64 * 1024
+
+ORIGIN_FORM_HELP = (
+    "trace-proxy is an HTTP forward proxy: send requests in absolute form (GET http://host:port/path), "
+    "for example by setting http_proxy=http://HOST:PORT for the client; https:// goes through CONNECT"
+)
+
+# Hop-by-hop request headers (RFC 9110 §7.6.1) plus the ones the proxy writes itself (Host, framing).
+_REQUEST_SPECIAL = frozenset(
+    {
+        b"connection",
+        b"proxy-connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"host",
+        b"content-length",
+        b"expect",
+    }
+)
+# Hop-by-hop response headers; framing headers are kept or rewritten by plan_response.
+_RESPONSE_SPECIAL = frozenset(
+    {
+        b"connection",
+        b"proxy-connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"content-length",
+    }
+)
+# Tokens of Connection that name options rather than headers to drop.
+_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
+
+_REASONS = {
+    400: "Bad Request",
+    403: "Forbidden",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    508: "Loop Detected",
+}
+
+
+class Framing(enum.Enum):
+    """How a message body ends: this decides both re-framing and connection reuse."""
+
+    NONE = 0  # no body (GET without length, HEAD responses, 204, 304, 1xx)
+    LENGTH = 1  # Content-Length bytes
+    CHUNKED = 2  # chunked transfer coding
+    CLOSE = 3  # response read until the origin closes
+
+
+class RequestRejected(Exception):
+    """A request the proxy answers itself with an error status instead of forwarding it."""
+
+    def __init__(self, status: int, message: str, proxy_error: str = "http_request_error") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.proxy_error = proxy_error
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPolicy:
+    """What request planning needs from the configuration, prepared once at start-up."""
+
+    propagator: Propagator
+    trace_names: frozenset[bytes]  # the propagator's strip_names, as the bytes the parser yields
+    connect_ports: frozenset[int]  # empty = any
+
+    @classmethod
+    def create(cls, propagator: Propagator, connect_ports: Sequence[int]) -> RequestPolicy:
+        names = frozenset(n.encode("ascii") for n in propagator.strip_names)
+        return cls(propagator=propagator, trace_names=names, connect_ports=frozenset(connect_ports))
+
+
+@dataclass(slots=True)
+class RequestPlan:
+    """Everything the I/O layer needs to forward one request."""
+
+    host: str
+    port: int
+    head: bytes
+    body: Framing
+    method_is_head: bool
+    upgrade: bool
+    keep_alive: bool
+    http11: bool
+    decision: Decision
+
+
+@dataclass(slots=True)
+class ResponsePlan:
+    """How one response head goes to the client and how its body is framed on each side."""
+
+    head: bytes
+    upstream_framing: Framing
+    rechunk: bool  # the body is chunked towards the client (the proxy writes chunk sizes)
+    close_client: bool
+
+
+def error_response(status: int, message: str, proxy_error: str = "http_request_error") -> bytes:
+    """A complete short plain-text response that names the cause; the connection closes after it.
+
+    `Proxy-Status` (RFC 9209) carries a machine-readable error type for clients and logs.
+    """
+    body = (message.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8", "replace")
+    detail = message.replace("\\", "\\\\").replace('"', '\\"').encode("ascii", "replace")
+    return b"".join(
+        (
+            b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "Error").encode()),
+            b"Content-Type: text/plain; charset=utf-8\r\n",
+            b"Content-Length: %d\r\n" % len(body),
+            b'Proxy-Status: trace-proxy; error=%s; details="%s"\r\n' % (proxy_error.encode(), detail[:512]),
+            b"Connection: close\r\n\r\n",
+            body,
+        )
+    )
+
+
+def split_authority(authority: bytes, default_port: int | None) -> tuple[str, int]:
+    """`host[:port]` or `[v6]:port` from a request target; strict, since it decides where bytes go."""
+    if not authority or b"@" in authority:
+        raise RequestRejected(400, "request target has no host or carries user info")
+    try:
+        text = authority.decode("ascii")
+    except UnicodeDecodeError:
+        raise RequestRejected(400, "request target host is not ASCII") from None
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise RequestRejected(400, f"malformed IPv6 authority {text!r}")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise RequestRejected(400, f"malformed authority {text!r}")
+        port_text = rest[1:] if rest else ""
+    else:
+        host, sep, port_text = text.partition(":")
+        if sep and not port_text:
+            raise RequestRejected(400, f"empty port in {text!r}")
+    if not host or any(c in host for c in " /\\?#%") or not all(32 < ord(c) < 127 for c in host):
+        raise RequestRejected(400, f"invalid host in {text!r}")
+    if port_text:
+        if not port_text.isdigit() or len(port_text) > 5 or not 0 < int(port_text) < 65536:
+            raise RequestRejected(400, f"invalid port in {text!r}")
+        return host, int(port_text)
+    if default_port is None:
+        raise RequestRejected(400, f"missing port in {text!r}")
+    return host, default_port
+
+
+def plan_connect(target: bytes, allowed_ports: frozenset[int]) -> tuple[str, int]:
+    """Where a CONNECT goes, or why it may not (403 for ports outside `connect_ports`)."""
+    host, port = split_authority(target, None)
+    if allowed_ports and port not in allowed_ports:
+        allowed = ", ".join(str(p) for p in sorted(allowed_ports))
+        raise RequestRejected(
+            403, f"CONNECT to port {port} is not allowed (forward.connect_ports: {allowed})", "destination_ip_prohibited"
+        )
+    return host, port
+
+
+def _connection_tokens(value: bytes) -> list[bytes]:
+    return [t.strip().lower() for t in value.split(b",") if t.strip()]
+
+
+def plan_request(
+    method: bytes,
+    target: bytes,
+    http11: bool,
+    keep_alive: bool,
+    upgrade: bool,
+    headers: Sequence[tuple[bytes, bytes]],
+    policy: RequestPolicy,
+) -> RequestPlan:
+    """Validate an absolute-form request and write the head the origin receives.
+
+    The origin gets an HTTP/1.1 request in origin form with `Host` set from the target (RFC 9112 §3.2.2), no
+    hop-by-hop header, the body framing the proxy will write, and the trace headers the propagator decided.
+    """
+    if target[:7].lower() != b"http://":
+        if target[:1] == b"/" or target == b"*":
+            raise RequestRejected(400, ORIGIN_FORM_HELP)
+        if target[:8].lower() == b"https://":
+            raise RequestRejected(400, "https:// requests must be tunnelled with CONNECT (use https_proxy)")
+        raise RequestRejected(400, "request target must be an absolute http:// URL")
+    slash = target.find(b"/", 7)
+    query = target.find(b"?", 7)
+    if query >= 0 and (slash < 0 or query < slash):
+        slash = query
+    authority = target[7:slash] if slash >= 0 else target[7:]
+    path = target[slash:] if slash >= 0 else b"/"
+    hash_at = path.find(b"#")
+    if hash_at >= 0:
+        path = path[:hash_at]
+    if path[:1] == b"?":
+        path = b"/" + path
+    host, port = split_authority(authority, 80)
+    url = target.decode("latin-1")
+    matches = policy.propagator.matches(url)
+    return _write_request(
+        method, path, host, port, authority, url, http11, keep_alive, upgrade, headers, policy, matches, ()
+    )
+
+
+def _write_request(
+    method: bytes,
+    path: bytes,
+    host: str,
+    port: int,
+    host_header: bytes,
+    url: str,
+    http11: bool,
+    keep_alive: bool,
+    upgrade: bool,
+    headers: Sequence[tuple[bytes, bytes]],
+    policy: RequestPolicy,
+    matches: bool,
+    extra_drop: tuple[bytes, ...],
+) -> RequestPlan:
+    parts: list[bytes] = [method, b" ", path, b" HTTP/1.1\r\nHost: ", host_header, b"\r\n"]
+    append = parts.append
+    trace_names = policy.trace_names if matches else _EMPTY
+    carrier: dict[str, list[str]] = {}
+    body = Framing.NONE
+    hosts = 0
+    upgrade_value = b""
+    named: list[bytes] = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname in _REQUEST_SPECIAL:
+            if lname == b"content-length":
+                if value != b"0":
+                    body = Framing.LENGTH
+                append(name)
+                append(b": ")
+                append(value)
+                append(b"\r\n")
+            elif lname == b"transfer-encoding":
+                if not http11:
+                    raise RequestRejected(400, "Transfer-Encoding is not allowed in an HTTP/1.0 request")
+                body = Framing.CHUNKED  # llhttp accepts only a final `chunked` here
+            elif lname == b"host":
+                hosts += 1
+            elif lname == b"expect":
+                if http11:
+                    append(name)
+                    append(b": ")
+                    append(value)
+                    append(b"\r\n")
+            elif lname == b"connection" or lname == b"proxy-connection":
+                named.extend(t for t in _connection_tokens(value) if t not in _CONNECTION_OPTIONS)
+            elif lname == b"upgrade":
+                upgrade_value = value
+            continue
+        if lname in trace_names:
+            carrier.setdefault(lname.decode("ascii"), []).append(value.decode("latin-1"))
+            continue
+        if extra_drop and lname in extra_drop:
+            continue
+        append(name)
+        append(b": ")
+        append(value)
+        append(b"\r\n")
+    if named and not extra_drop:
+        # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1); rare, so a second pass.
+        return _write_request(
+            method, path, host, port, host_header, url, http11, keep_alive, upgrade, headers, policy, matches,
+            tuple(named),
+        )
+    if hosts > 1:
+        raise RequestRejected(400, "more than one Host header")
+    if hosts == 0 and http11:
+        raise RequestRejected(400, "HTTP/1.1 request without a Host header")
+    if body is Framing.CHUNKED:
+        append(b"Transfer-Encoding: chunked\r\n")
+    if upgrade and upgrade_value:
+        append(b"Connection: Upgrade\r\nUpgrade: ")
+        append(upgrade_value)
+        append(b"\r\n")
+    else:
+        upgrade = False
+    if matches:
+        decision = policy.propagator.decide(url, carrier)
+        append(b"sentry-trace: ")
+        append(decision.sentry_trace.encode("ascii"))  # type: ignore[union-attr]
+        append(b"\r\n")
+        if decision.baggage:
+            append(b"baggage: ")
+            append(decision.baggage.encode("latin-1"))
+            append(b"\r\n")
+        if decision.traceparent:
+            append(b"traceparent: ")
+            append(decision.traceparent.encode("ascii"))
+            append(b"\r\n")
+    else:
+        decision = _UNTOUCHED
+    append(b"\r\n")
+    return RequestPlan(
+        host=host,
+        port=port,
+        head=b"".join(parts),
+        body=body,
+        method_is_head=method == b"HEAD",
+        upgrade=upgrade,
+        keep_alive=keep_alive,
+        http11=http11,
+        decision=decision,
+    )
+
+
+_EMPTY: frozenset[bytes] = frozenset()
+_UNTOUCHED = Decision(
+    source=TraceSource.UNTOUCHED,
+    trace_id=None,
+    span_id=None,
+    parent_span_id=None,
+    sampled=None,
+    sentry_trace=None,
+    baggage=None,
+    traceparent=None,
+)
+
+
+def plan_response(
+    status: int,
+    reason: bytes,
+    headers: Sequence[tuple[bytes, bytes]],
+    *,
+    request_is_head: bool,
+    client_http11: bool,
+    client_keep_alive: bool,
+    force_close: bool,
+) -> ResponsePlan:
+    """The head the client receives for an origin's final (or 1xx interim) response, and the body framing.
+
+    Content-Length is passed through; a chunked body is re-chunked for HTTP/1.1 clients and sent close-delimited to
+    HTTP/1.0 clients; a close-delimited body closes the client connection too.
+    """
+    framing = Framing.CLOSE
+    te_value = b""
+    parts: list[bytes] = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
+    append = parts.append
+    named: list[bytes] = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname in _RESPONSE_SPECIAL:
+            if lname == b"content-length":
+                if framing is not Framing.CHUNKED:
+                    framing = Framing.LENGTH
+                append(name)
+                append(b": ")
+                append(value)
+                append(b"\r\n")
+            elif lname == b"transfer-encoding":
+                te_value = value
+            elif lname == b"connection" or lname == b"proxy-connection":
+                named.extend(t for t in _connection_tokens(value) if t not in _CONNECTION_OPTIONS)
+            continue
+        append(name)
+        append(b": ")
+        append(value)
+        append(b"\r\n")
+    if named:
+        drop = frozenset(named)
+        kept = [(n, v) for n, v in headers if n.lower() not in drop]
+        return plan_response(
+            status,
+            reason,
+            kept,
+            request_is_head=request_is_head,
+            client_http11=client_http11,
+            client_keep_alive=client_keep_alive,
+            force_close=force_close,
+        )
+    if te_value:
+        # llhttp already refused Content-Length together with Transfer-Encoding.
+        chunked = te_value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+        framing = Framing.CHUNKED if chunked else Framing.CLOSE
+    no_body = request_is_head or status in (204, 304) or status < 200
+    rechunk = False
+    close = force_close or not client_keep_alive
+    if no_body:
+        if te_value:
+            append(b"Transfer-Encoding: ")
+            append(te_value)
+            append(b"\r\n")
+        framing = Framing.NONE if status >= 200 else framing
+    elif framing is Framing.CHUNKED:
+        if client_http11:
+            append(b"Transfer-Encoding: ")
+            append(te_value)
+            append(b"\r\n")
+            rechunk = True
+        else:
+            close = True
+    elif framing is Framing.CLOSE:
+        if te_value:
+            append(b"Transfer-Encoding: ")
+            append(te_value)
+            append(b"\r\n")
+        close = True
+    if status < 200:
+        append(b"\r\n")
+        return ResponsePlan(head=b"".join(parts), upstream_framing=Framing.NONE, rechunk=False, close_client=False)
+    if close:
+        append(b"Connection: close\r\n\r\n")
+    elif not client_http11:
+        append(b"Connection: keep-alive\r\n\r\n")
+    else:
+        append(b"\r\n")
+    return ResponsePlan(
+        head=b"".join(parts),
+        upstream_framing=Framing.NONE if no_body else framing,
+        rechunk=rechunk,
+        close_client=close,
+    )
+
+
+def plan_switching_protocols(reason: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """The 101 head for an accepted Upgrade: end-to-end headers plus the upgrade pair."""
+    parts: list[bytes] = [b"HTTP/1.1 101 ", reason, b"\r\n"]
+    upgrade_value = b""
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"upgrade":
+            upgrade_value = value
+            continue
+        if lname in _RESPONSE_SPECIAL:
+            continue
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"Connection: Upgrade\r\n")
+    if upgrade_value:
+        parts += (b"Upgrade: ", upgrade_value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)

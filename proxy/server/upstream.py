@@ -1,0 +1,367 @@
+"""Connections to origins: opening them with clear failures, reading responses, and keeping them for reuse.
+
+A response is parsed with llhttp's response parser only for its framing: the head is rewritten once by
+`http1.plan_response`, body bytes are passed on as the parser yields them (re-chunked where the client needs it), and
+the end of the message is known exactly, so the connection can go back to the pool and nothing the origin sends after
+a complete response can reach the client as if it were the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+
+from proxy.server.http1 import Framing, ResponsePlan, plan_response, plan_switching_protocols
+
+if TYPE_CHECKING:
+    from proxy.server.forward import ClientConnection, Exchange
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, int]
+
+
+class UpstreamError(Exception):
+    """Why an origin could not be reached, with the status the client gets (502 or 504)."""
+
+    def __init__(self, status: int, message: str, proxy_error: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.proxy_error = proxy_error
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to an origin, serving one exchange at a time; in tunnel mode, a byte relay."""
+
+    __slots__ = (
+        "_complete",
+        "_garbage",
+        "_headers",
+        "_in_body",
+        "_keep_alive",
+        "_out",
+        "_plan",
+        "_reason",
+        "_reset_parser",
+        "_status",
+        "client",
+        "closed",
+        "exchange",
+        "got_bytes",
+        "idle_since",
+        "key",
+        "last_active",
+        "parser",
+        "pool",
+        "reused",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, pool: UpstreamPool, key: Key) -> None:
+        self.pool = pool
+        self.key = key
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser = HttpResponseParser(self)
+        self.client: ClientConnection | None = None
+        self.exchange: Exchange | None = None
+        self.reused = False
+        self.closed = False
+        self.tunnel = False
+        self.idle_since = 0.0
+        self.last_active = 0.0
+        self.got_bytes = False
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._status = 0
+        self._plan: ResponsePlan | None = None
+        self._complete = False
+        self._garbage = False
+        self._in_body = False
+        self._keep_alive = False
+        self._reset_parser = False
+        self._out: list[bytes] = []
+
+    # -- binding -------------------------------------------------------------------------------------------------
+
+    def bind(self, client: ClientConnection, exchange: Exchange) -> None:
+        self.client = client
+        self.exchange = exchange
+        self.got_bytes = False
+        self._reset_state()
+
+    def start_tunnel(self, client: ClientConnection) -> None:
+        self.client = client
+        self.tunnel = True
+
+    @property
+    def response_started(self) -> bool:
+        return self._plan is not None
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if self.tunnel:
+            if client is not None:
+                client.transport.write(data)
+            return
+        if client is None:
+            # Bytes on an idle pooled connection: the origin is out of step; never reuse it.
+            self.transport.close()
+            return
+        self.got_bytes = True
+        self.last_active = self.pool.now()
+        out = self._out
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as upgrade:
+            self._switch_protocols(client, data[upgrade.args[0] :])
+            return
+        except HttpParserError as exc:
+            self._malformed(client, str(exc.__context__ or exc))
+            return
+        if out:
+            client.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+        if self._complete:
+            self._finish(client)
+
+    def eof_received(self) -> bool | None:
+        if self.tunnel and self.client is not None:
+            self.client.peer_eof()
+            return True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.discard(self)
+        client = self.client
+        self.client = None
+        if client is None:
+            return
+        if self.tunnel:
+            client.tunnel_peer_lost()
+            return
+        exchange = self.exchange
+        if exchange is None:
+            return
+        if self._plan is not None and self._plan.upstream_framing is Framing.CLOSE and not self._complete:
+            # A read-until-close body ends here, complete.
+            self._complete = True
+            client.response_complete(exchange, True)
+            return
+        client.upstream_lost(exchange, self)
+
+    def pause_writing(self) -> None:
+        if self.client is not None:
+            self.client.pause_for_upstream()
+
+    def resume_writing(self) -> None:
+        if self.client is not None:
+            self.client.resume_for_upstream()
+
+    # -- llhttp callbacks ---------------------------------------------------------------------------------------
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_body:
+            return  # trailer fields: dropped (documented limitation)
+        if self._complete:
+            self._garbage = True
+            return
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self._complete:
+            self._garbage = True
+            return
+        status = self.parser.get_status_code()
+        exchange = self.exchange
+        assert exchange is not None and self.client is not None
+        if status == 101:
+            if not (exchange.plan.upgrade and self.parser.should_upgrade()):
+                raise HttpParserError("101 Switching Protocols without a requested Upgrade")
+            return
+        plan = plan_response(
+            status,
+            self._reason,
+            self._headers,
+            request_is_head=exchange.plan.method_is_head,
+            client_http11=exchange.plan.http11,
+            client_keep_alive=exchange.plan.keep_alive and not exchange.plan.upgrade,
+            force_close=self.client.closing_after_response,
+        )
+        if status < 200:
+            if exchange.plan.http11:
+                self._out.append(plan.head)
+            self._headers = []
+            self._reason = b""
+            return
+        self._status = status
+        self._plan = plan
+        self._keep_alive = self.parser.should_keep_alive()
+        exchange.status = status
+        self._out.append(plan.head)
+        self._in_body = True
+        if plan.upstream_framing is Framing.NONE and exchange.plan.method_is_head:
+            # llhttp cannot be told that a response answers HEAD: end it here and start a fresh parser.
+            self._complete = True
+            self._reset_parser = True
+
+    def on_body(self, body: bytes) -> None:
+        if self._complete:
+            return
+        plan = self._plan
+        if plan is not None and plan.rechunk:
+            self._out.append(b"%x\r\n" % len(body))
+            self._out.append(body)
+            self._out.append(b"\r\n")
+        else:
+            self._out.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._plan is None:
+            return  # an interim 1xx response
+        if self._complete:
+            if not self._reset_parser:
+                self._garbage = True
+            return
+        if self._plan.rechunk:
+            self._out.append(b"0\r\n\r\n")
+        self._complete = True
+
+    # -- endings --------------------------------------------------------------------------------------------------
+
+    def _finish(self, client: ClientConnection) -> None:
+        exchange = self.exchange
+        assert exchange is not None and self._plan is not None
+        reusable = (
+            self._keep_alive
+            and not self._garbage
+            and exchange.body_done
+            and self._plan.upstream_framing is not Framing.CLOSE
+            and not exchange.plan.upgrade
+        )
+        if self._reset_parser:
+            self.parser = HttpResponseParser(self)
+        self.client = None
+        self.exchange = None
+        if reusable:
+            self.pool.release(self)
+        else:
+            self.transport.close()
+        client.response_complete(exchange, self._plan.close_client)
+
+    def _malformed(self, client: ClientConnection, reason: str) -> None:
+        exchange = self.exchange
+        self.client = None
+        self.exchange = None
+        self.transport.abort()
+        if exchange is not None:
+            client.upstream_failed(
+                exchange,
+                UpstreamError(502, f"{self.key[0]}:{self.key[1]} sent a malformed response: {reason}", "http_protocol_error"),
+            )
+
+    def _switch_protocols(self, client: ClientConnection, tail: bytes) -> None:
+        exchange = self.exchange
+        assert exchange is not None
+        exchange.status = 101
+        head = plan_switching_protocols(self._reason, self._headers)
+        self.tunnel = True
+        self.exchange = None
+        client.transport.write(head)
+        if tail:
+            client.transport.write(tail)
+        client.upgraded(exchange, self)
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per origin, reused most-recent first so cold ones age out."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, connect_timeout: float, idle_timeout: float) -> None:
+        self._loop = loop
+        self._connect_timeout = connect_timeout
+        self._idle_timeout = idle_timeout
+        self._idle: dict[Key, list[UpstreamConnection]] = {}
+        self.now = loop.time
+        self.max_idle_per_origin = 512
+
+    def acquire(self, key: Key) -> UpstreamConnection | None:
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and not conn.transport.is_closing():
+                conn.reused = True
+                return conn
+        return None
+
+    def release(self, conn: UpstreamConnection) -> None:
+        conn.idle_since = self.now()
+        idle = self._idle.get(conn.key)
+        if idle is None:
+            idle = self._idle[conn.key] = []
+        idle.append(conn)
+        if len(idle) > self.max_idle_per_origin:
+            idle.pop(0).transport.close()
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    async def connect(self, host: str, port: int) -> UpstreamConnection:
+        """A new connection to host:port, or an UpstreamError naming why not (DNS, refused, timeout)."""
+        key = (host, port)
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, conn = await self._loop.create_connection(lambda: UpstreamConnection(self, key), host, port)
+        except TimeoutError:
+            raise UpstreamError(
+                504, f"connecting to {host}:{port} timed out after {self._connect_timeout:g}s", "connection_timeout"
+            ) from None
+        except socket.gaierror as exc:
+            raise UpstreamError(502, f"DNS lookup of {host} failed: {exc.strerror}", "dns_error") from None
+        except ConnectionRefusedError:
+            raise UpstreamError(502, f"connection to {host}:{port} refused", "connection_refused") from None
+        except OSError as exc:
+            if exc.errno in (errno.ETIMEDOUT,):
+                raise UpstreamError(504, f"connecting to {host}:{port} timed out", "connection_timeout") from None
+            reason = exc.strerror or str(exc)
+            raise UpstreamError(502, f"cannot connect to {host}:{port}: {reason}", "destination_unavailable") from None
+        conn.last_active = self.now()
+        return conn
+
+    def sweep(self, now: float) -> None:
+        """Close connections idle longer than idle_timeout."""
+        limit = now - self._idle_timeout
+        for key in list(self._idle):
+            idle = self._idle[key]
+            while idle and idle[0].idle_since < limit:
+                idle.pop(0).transport.close()
+            if not idle:
+                del self._idle[key]
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.transport.close()
+        self._idle.clear()
+
+    def idle_count(self) -> int:
+        return sum(len(v) for v in self._idle.values())

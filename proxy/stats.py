@@ -1,0 +1,45 @@
+"""Counters of what the proxy did, bumped in one place per event so a metrics endpoint can read them later."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from proxy.server.forward import Exchange
+
+
+class Stats:
+    """Plain integer counters; the hot path does a few dict increments and nothing else."""
+
+    __slots__ = ("by_source", "by_status", "rejected_by_status", "requests", "tunnels")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.tunnels = 0
+        self.by_source: dict[str, int] = {}
+        self.by_status: dict[int, int] = {}
+        self.rejected_by_status: dict[int, int] = {}
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        """A proxied request ended (answered, failed or cut off)."""
+        self.requests += 1
+        source = exchange.plan.decision.source.value
+        self.by_source[source] = self.by_source.get(source, 0) + 1
+        status = exchange.status
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+
+    def rejected(self, status: int) -> None:
+        """A request the proxy answered itself without forwarding it."""
+        self.rejected_by_status[status] = self.rejected_by_status.get(status, 0) + 1
+
+    def tunnel_opened(self) -> None:
+        self.tunnels += 1
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "requests": self.requests,
+            "tunnels": self.tunnels,
+            "by_source": dict(self.by_source),
+            "by_status": {str(k): v for k, v in self.by_status.items()},
+            "rejected_by_status": {str(k): v for k, v in self.rejected_by_status.items()},
+        }
