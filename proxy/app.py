@@ -8,6 +8,7 @@ workers that share the listen port through SO_REUSEPORT; the parent serves the a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -132,10 +133,8 @@ async def _supervise(settings: Settings, children: list[int]) -> int:
         if sig in _STOP_SIGNALS:
             stopping.set()
         for pid in alive:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
     for sig in (*_STOP_SIGNALS, signal.SIGHUP):
         loop.add_signal_handler(sig, forward, sig)
@@ -159,4 +158,3 @@ async def _supervise(settings: Settings, children: list[int]) -> int:
     if admin is not None:
         await admin.cleanup()
     return 1 if failed else 0
-

@@ -278,8 +278,12 @@ class ClientConnection(asyncio.Protocol):
         plan = exchange.plan
         key = (plan.host, plan.port)
         if self._server.is_self(key):
-            self._fail(exchange, 508, f"request to {plan.host}:{plan.port} would loop back into trace-proxy",
-                       "proxy_loop_detected")
+            self._fail(
+                exchange,
+                508,
+                f"request to {plan.host}:{plan.port} would loop back into trace-proxy",
+                "proxy_loop_detected",
+            )
             return
         up = self._pool.acquire(key)
         if up is not None:
@@ -430,8 +434,9 @@ class ClientConnection(asyncio.Protocol):
             raise RequestRejected(400, "CONNECT must not be pipelined behind another request")
         host, port = plan_connect(target, self._policy.connect_ports)
         if self._server.is_self((host, port)):
-            raise RequestRejected(508, f"CONNECT to {host}:{port} would loop back into trace-proxy",
-                                  "proxy_loop_detected")
+            raise RequestRejected(
+                508, f"CONNECT to {host}:{port} would loop back into trace-proxy", "proxy_loop_detected"
+            )
         self._server.stats.tunnel_opened()
         self._server.spawn(self._connect_tunnel(host, port))
 

@@ -14,8 +14,9 @@ proxy itself wrote, so a message two parsers could read differently never crosse
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from proxy.tracing import Decision, Propagator, TraceSource
 
@@ -41,21 +42,6 @@ _REQUEST_SPECIAL = frozenset(
         b"host",
         b"content-length",
         b"expect",
-    }
-)
-# Hop-by-hop response headers; framing headers are kept or rewritten by plan_response.
-_RESPONSE_SPECIAL = frozenset(
-    {
-        b"connection",
-        b"proxy-connection",
-        b"keep-alive",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"content-length",
     }
 )
 # Tokens of Connection that name options rather than headers to drop.
@@ -101,6 +87,8 @@ class RequestPolicy:
     propagator: Propagator
     trace_names: frozenset[bytes]  # the propagator's strip_names, as the bytes the parser yields
     connect_ports: frozenset[int]  # empty = any
+    # A sidecar talks to few origins: their parsed authorities are kept rather than parsed per request.
+    authorities: dict[bytes, tuple[str, int]] = field(default_factory=dict)
 
     @classmethod
     def create(cls, propagator: Propagator, connect_ports: Sequence[int]) -> RequestPolicy:
@@ -189,7 +177,9 @@ def plan_connect(target: bytes, allowed_ports: frozenset[int]) -> tuple[str, int
     if allowed_ports and port not in allowed_ports:
         allowed = ", ".join(str(p) for p in sorted(allowed_ports))
         raise RequestRejected(
-            403, f"CONNECT to port {port} is not allowed (forward.connect_ports: {allowed})", "destination_ip_prohibited"
+            403,
+            f"CONNECT to port {port} is not allowed (forward.connect_ports: {allowed})",
+            "destination_ip_prohibited",
         )
     return host, port
 
@@ -229,7 +219,13 @@ def plan_request(
         path = path[:hash_at]
     if path[:1] == b"?":
         path = b"/" + path
-    host, port = split_authority(authority, 80)
+    known = policy.authorities.get(authority)
+    if known is None:
+        known = split_authority(authority, 80)
+        if len(policy.authorities) >= 4096:
+            policy.authorities.clear()
+        policy.authorities[authority] = known
+    host, port = known
     url = target.decode("latin-1")
     matches = policy.propagator.matches(url)
     return _write_request(
@@ -299,7 +295,18 @@ def _write_request(
     if named and not extra_drop:
         # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1); rare, so a second pass.
         return _write_request(
-            method, path, host, port, host_header, url, http11, keep_alive, upgrade, headers, policy, matches,
+            method,
+            path,
+            host,
+            port,
+            host_header,
+            url,
+            http11,
+            keep_alive,
+            upgrade,
+            headers,
+            policy,
+            matches,
             tuple(named),
         )
     if hosts > 1:
@@ -356,10 +363,50 @@ _UNTOUCHED = Decision(
 )
 
 
+# A response head line that is hop-by-hop (RFC 9110 §7.6.1), with the CRLF before it, searched in the lowercased
+# head. llhttp has already checked the grammar (token names, no whitespace before the colon, CRLF line ends), so the
+# search is exact; the alternation is factored by first letter because this runs for every response.
+_HOP_LINE = re.compile(
+    rb"\r\n(?:connection|p(?:roxy-(?:connection|authenticate|authorization))|keep-alive"
+    rb"|t(?:e|railer|ransfer-encoding)|upgrade):[^\r]*"
+)
+
+
+def _strip_hop_lines(head: bytes, lower: bytes) -> tuple[bytes, bytes, bytes]:
+    """`head` without its hop-by-hop lines (and the fields its Connection names); its Transfer-Encoding and
+    Upgrade values, lowercased."""
+    match = _HOP_LINE.search(lower)
+    if match is None:
+        return head, b"", b""
+    pieces: list[bytes] = []
+    named: list[bytes] = []
+    pos = 0
+    te_value = upgrade_value = b""
+    while match is not None:
+        start, end = match.span()
+        pieces.append(head[pos:start])
+        pos = end
+        name, _, value = lower[start + 2 : end].partition(b":")
+        value = value.strip(b" \t")
+        if name == b"transfer-encoding":
+            te_value = value
+        elif name == b"upgrade":
+            upgrade_value = head[start + 2 : end].partition(b":")[2].strip(b" \t")
+        elif value not in _CONNECTION_OPTIONS and (name == b"connection" or name == b"proxy-connection"):
+            named.extend(t for t in _connection_tokens(value) if t not in _CONNECTION_OPTIONS)
+        match = _HOP_LINE.search(lower, end)
+    pieces.append(head[pos:])
+    head = b"".join(pieces)
+    if named:
+        drop = tuple(b"\r\n" + n + b":" for n in named)
+        lines = head.split(b"\r\n")
+        head = b"\r\n".join(line for line in lines if not (b"\r\n" + line.lower()).startswith(drop))
+    return head, te_value, upgrade_value
+
+
 def plan_response(
     status: int,
-    reason: bytes,
-    headers: Sequence[tuple[bytes, bytes]],
+    head: bytes,
     *,
     request_is_head: bool,
     client_http11: bool,
@@ -368,81 +415,47 @@ def plan_response(
 ) -> ResponsePlan:
     """The head the client receives for an origin's final (or 1xx interim) response, and the body framing.
 
-    Content-Length is passed through; a chunked body is re-chunked for HTTP/1.1 clients and sent close-delimited to
-    HTTP/1.0 clients; a close-delimited body closes the client connection too.
+    `head` is the origin's raw head from the status line up to and including the CRLF of its last field line (not
+    the empty line).  Content-Length is passed through; a chunked body is re-chunked for HTTP/1.1 clients and sent
+    close-delimited to HTTP/1.0 clients; a close-delimited body closes the client connection too.
     """
-    framing = Framing.CLOSE
-    te_value = b""
-    parts: list[bytes] = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
-    append = parts.append
-    named: list[bytes] = []
-    for name, value in headers:
-        lname = name.lower()
-        if lname in _RESPONSE_SPECIAL:
-            if lname == b"content-length":
-                if framing is not Framing.CHUNKED:
-                    framing = Framing.LENGTH
-                append(name)
-                append(b": ")
-                append(value)
-                append(b"\r\n")
-            elif lname == b"transfer-encoding":
-                te_value = value
-            elif lname == b"connection" or lname == b"proxy-connection":
-                named.extend(t for t in _connection_tokens(value) if t not in _CONNECTION_OPTIONS)
-            continue
-        append(name)
-        append(b": ")
-        append(value)
-        append(b"\r\n")
-    if named:
-        drop = frozenset(named)
-        kept = [(n, v) for n, v in headers if n.lower() not in drop]
-        return plan_response(
-            status,
-            reason,
-            kept,
-            request_is_head=request_is_head,
-            client_http11=client_http11,
-            client_keep_alive=client_keep_alive,
-            force_close=force_close,
-        )
+    if head[5:8] != b"1.1":
+        head = b"HTTP/1.1" + head[8:]
+    lower = head.lower()
+    head, te_value, _ = _strip_hop_lines(head, lower)
     if te_value:
         # llhttp already refused Content-Length together with Transfer-Encoding.
-        chunked = te_value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-        framing = Framing.CHUNKED if chunked else Framing.CLOSE
+        framing = Framing.CHUNKED if te_value.rsplit(b",", 1)[-1].strip() == b"chunked" else Framing.CLOSE
+    elif lower.find(b"\r\ncontent-length:") >= 0:
+        framing = Framing.LENGTH
+    else:
+        framing = Framing.CLOSE
+    parts = [head]
     no_body = request_is_head or status in (204, 304) or status < 200
     rechunk = False
     close = force_close or not client_keep_alive
     if no_body:
         if te_value:
-            append(b"Transfer-Encoding: ")
-            append(te_value)
-            append(b"\r\n")
-        framing = Framing.NONE if status >= 200 else framing
+            parts.append(b"Transfer-Encoding: %s\r\n" % te_value)
     elif framing is Framing.CHUNKED:
         if client_http11:
-            append(b"Transfer-Encoding: ")
-            append(te_value)
-            append(b"\r\n")
+            parts.append(b"Transfer-Encoding: %s\r\n" % te_value)
             rechunk = True
         else:
             close = True
     elif framing is Framing.CLOSE:
         if te_value:
-            append(b"Transfer-Encoding: ")
-            append(te_value)
-            append(b"\r\n")
+            parts.append(b"Transfer-Encoding: %s\r\n" % te_value)
         close = True
     if status < 200:
-        append(b"\r\n")
+        parts.append(b"\r\n")
         return ResponsePlan(head=b"".join(parts), upstream_framing=Framing.NONE, rechunk=False, close_client=False)
     if close:
-        append(b"Connection: close\r\n\r\n")
+        parts.append(b"Connection: close\r\n\r\n")
     elif not client_http11:
-        append(b"Connection: keep-alive\r\n\r\n")
+        parts.append(b"Connection: keep-alive\r\n\r\n")
     else:
-        append(b"\r\n")
+        parts.append(b"\r\n")
     return ResponsePlan(
         head=b"".join(parts),
         upstream_framing=Framing.NONE if no_body else framing,
@@ -451,20 +464,10 @@ def plan_response(
     )
 
 
-def plan_switching_protocols(reason: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bytes:
-    """The 101 head for an accepted Upgrade: end-to-end headers plus the upgrade pair."""
-    parts: list[bytes] = [b"HTTP/1.1 101 ", reason, b"\r\n"]
-    upgrade_value = b""
-    for name, value in headers:
-        lname = name.lower()
-        if lname == b"upgrade":
-            upgrade_value = value
-            continue
-        if lname in _RESPONSE_SPECIAL:
-            continue
-        parts += (name, b": ", value, b"\r\n")
-    parts.append(b"Connection: Upgrade\r\n")
-    if upgrade_value:
-        parts += (b"Upgrade: ", upgrade_value, b"\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
+def plan_switching_protocols(head: bytes) -> bytes:
+    """The 101 head for an accepted Upgrade: end-to-end fields plus the upgrade pair."""
+    if head[5:8] != b"1.1":
+        head = b"HTTP/1.1" + head[8:]
+    head, _, upgrade_value = _strip_hop_lines(head, head.lower())
+    upgrade = b"Upgrade: %s\r\n" % upgrade_value if upgrade_value else b""
+    return b"%sConnection: Upgrade\r\n%s\r\n" % (head, upgrade)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
-from proxy.server.http1 import Framing, ResponsePlan, plan_response, plan_switching_protocols
+from proxy.server.http1 import MAX_HEAD_BYTES, Framing, ResponsePlan, plan_response, plan_switching_protocols
 
 if TYPE_CHECKING:
     from proxy.server.forward import ClientConnection, Exchange
@@ -41,13 +41,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "_complete",
+        "_data",
         "_garbage",
-        "_headers",
+        "_head_buf",
+        "_head_start",
         "_in_body",
         "_keep_alive",
         "_out",
         "_plan",
-        "_reason",
         "_reset_parser",
         "_status",
         "client",
@@ -80,8 +81,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._reset_state()
 
     def _reset_state(self) -> None:
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._reason = b""
+        # The raw head is taken from the bytes fed to the parser: `_head_buf` holds a head split over reads,
+        # `_data` the read being parsed, `_head_start` where the current head starts in their concatenation.
+        self._head_buf = b""
+        self._data = b""
+        self._head_start = 0
         self._status = 0
         self._plan: ResponsePlan | None = None
         self._complete = False
@@ -125,6 +129,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = True
         self.last_active = self.pool.now()
         out = self._out
+        self._data = data
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as upgrade:
@@ -133,6 +138,13 @@ class UpstreamConnection(asyncio.Protocol):
         except HttpParserError as exc:
             self._malformed(client, str(exc.__context__ or exc))
             return
+        if not self._in_body:
+            # The head is not complete yet: keep what arrived of it for on_headers_complete.
+            self._head_buf = (self._head_buf + data)[self._head_start :] if self._head_buf else data[self._head_start :]
+            self._head_start = 0
+            if len(self._head_buf) > MAX_HEAD_BYTES:
+                self._malformed(client, f"response head larger than {MAX_HEAD_BYTES // 1024} KiB")
+                return
         if out:
             client.transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
@@ -175,32 +187,35 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- llhttp callbacks ---------------------------------------------------------------------------------------
 
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._in_body:
-            return  # trailer fields: dropped (documented limitation)
-        if self._complete:
-            self._garbage = True
-            return
-        self._headers.append((name, value))
+    def _take_head(self) -> bytes:
+        """The raw head just parsed (status line to the CRLF of its last field); llhttp enforced CRLF endings."""
+        raw = self._head_buf + self._data if self._head_buf else self._data
+        end = raw.find(b"\r\n\r\n", self._head_start)
+        head = raw[self._head_start : end + 2]
+        if self._head_buf:
+            # Offsets from here on are into `_data` alone.
+            self._head_start = end + 4 - len(self._head_buf)
+            self._head_buf = b""
+        else:
+            self._head_start = end + 4
+        return head
 
     def on_headers_complete(self) -> None:
         if self._complete:
             self._garbage = True
             return
+        head = self._take_head()
         status = self.parser.get_status_code()
         exchange = self.exchange
         assert exchange is not None and self.client is not None
         if status == 101:
             if not (exchange.plan.upgrade and self.parser.should_upgrade()):
                 raise HttpParserError("101 Switching Protocols without a requested Upgrade")
+            self._out.append(plan_switching_protocols(head))
             return
         plan = plan_response(
             status,
-            self._reason,
-            self._headers,
+            head,
             request_is_head=exchange.plan.method_is_head,
             client_http11=exchange.plan.http11,
             client_keep_alive=exchange.plan.keep_alive and not exchange.plan.upgrade,
@@ -209,8 +224,6 @@ class UpstreamConnection(asyncio.Protocol):
         if status < 200:
             if exchange.plan.http11:
                 self._out.append(plan.head)
-            self._headers = []
-            self._reason = b""
             return
         self._status = status
         self._plan = plan
@@ -275,17 +288,21 @@ class UpstreamConnection(asyncio.Protocol):
         if exchange is not None:
             client.upstream_failed(
                 exchange,
-                UpstreamError(502, f"{self.key[0]}:{self.key[1]} sent a malformed response: {reason}", "http_protocol_error"),
+                UpstreamError(
+                    502,
+                    f"{self.key[0]}:{self.key[1]} sent a malformed response: {reason}",
+                    "http_protocol_error",
+                ),
             )
 
     def _switch_protocols(self, client: ClientConnection, tail: bytes) -> None:
         exchange = self.exchange
         assert exchange is not None
         exchange.status = 101
-        head = plan_switching_protocols(self._reason, self._headers)
         self.tunnel = True
         self.exchange = None
-        client.transport.write(head)
+        client.transport.write(b"".join(self._out))
+        self._out.clear()
         if tail:
             client.transport.write(tail)
         client.upgraded(exchange, self)
@@ -333,7 +350,9 @@ class UpstreamPool:
                 _, conn = await self._loop.create_connection(lambda: UpstreamConnection(self, key), host, port)
         except TimeoutError:
             raise UpstreamError(
-                504, f"connecting to {host}:{port} timed out after {self._connect_timeout:g}s", "connection_timeout"
+                504,
+                f"connecting to {host}:{port} timed out after {self._connect_timeout:g}s",
+                "connection_timeout",
             ) from None
         except socket.gaierror as exc:
             raise UpstreamError(502, f"DNS lookup of {host} failed: {exc.strerror}", "dns_error") from None
