@@ -68,8 +68,8 @@ async def _serve(settings: Settings, *, reuse_port: bool, with_admin: bool) -> i
     stop = asyncio.Event()
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
-    if reuse_port:
-        loop.add_signal_handler(signal.SIGHUP, lambda: None)  # a reload, later; never a crash
+    # SIGHUP will mean "reload"; until then it must not kill the proxy.
+    loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP received: configuration reload is not supported yet")
     server = _forward_server(settings, loop, reuse_port)
     try:
         await server.start()

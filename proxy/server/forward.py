@@ -209,7 +209,8 @@ class ClientConnection(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        if self._in_head:  # trailer fields of a chunked body are dropped, never taken as the next head's
+            self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -352,13 +353,18 @@ class ClientConnection(asyncio.Protocol):
         """The origin could not be reached or answered badly before the response began."""
         self._fail(exchange, err.status, err.message, err.proxy_error)
 
+    def response_broken(self, exchange: Exchange) -> None:
+        """The response head was sent but its body cannot be completed: cut the connection so the client sees a
+        truncated response, never a complete one."""
+        exchange.ended = self._now()
+        self._server.stats.exchange_done(exchange)
+        self.current = None
+        self.transport.abort()
+
     def upstream_lost(self, exchange: Exchange, up: UpstreamConnection) -> None:
         """The origin closed the connection while this exchange was on it."""
         if up.response_started:
-            # Headers were sent: the client must see a truncated response, not a complete one.
-            exchange.ended = self._now()
-            self._server.stats.exchange_done(exchange)
-            self.transport.abort()
+            self.response_broken(exchange)
             return
         if up.reused and not up.got_bytes and not exchange.retried and exchange.plan.body is Framing.NONE:
             # A pooled connection the origin had already closed: safe to send the same head once more.

@@ -14,7 +14,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING
 
-from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from proxy.server.http1 import MAX_HEAD_BYTES, Framing, ResponsePlan, plan_response, plan_switching_protocols
 
@@ -135,8 +135,18 @@ class UpstreamConnection(asyncio.Protocol):
         except HttpParserUpgrade as upgrade:
             self._switch_protocols(client, data[upgrade.args[0] :])
             return
+        except HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, HttpParserError):
+                self._malformed(client, str(cause))
+            else:
+                log.error("response handling failed", exc_info=cause)
+                self._failed(
+                    client, UpstreamError(500, "trace-proxy failed to handle the response", "proxy_internal_error")
+                )
+            return
         except HttpParserError as exc:
-            self._malformed(client, str(exc.__context__ or exc))
+            self._malformed(client, str(exc))
             return
         if not self._in_body:
             # The head is not complete yet: keep what arrived of it for on_headers_complete.
@@ -281,19 +291,20 @@ class UpstreamConnection(asyncio.Protocol):
         client.response_complete(exchange, self._plan.close_client)
 
     def _malformed(self, client: ClientConnection, reason: str) -> None:
+        message = f"{self.key[0]}:{self.key[1]} sent a malformed response: {reason}"
+        self._failed(client, UpstreamError(502, message, "http_protocol_error"))
+
+    def _failed(self, client: ClientConnection, error: UpstreamError) -> None:
         exchange = self.exchange
         self.client = None
         self.exchange = None
         self.transport.abort()
-        if exchange is not None:
-            client.upstream_failed(
-                exchange,
-                UpstreamError(
-                    502,
-                    f"{self.key[0]}:{self.key[1]} sent a malformed response: {reason}",
-                    "http_protocol_error",
-                ),
-            )
+        if exchange is None:
+            return
+        if self._plan is not None:
+            client.response_broken(exchange)  # the head is out: the client must see a cut-off response
+        else:
+            client.upstream_failed(exchange, error)
 
     def _switch_protocols(self, client: ClientConnection, tail: bytes) -> None:
         exchange = self.exchange
