@@ -1,0 +1,50 @@
+# trace-proxy: sidecar HTTP forward proxy that continues or starts Sentry traces.
+#
+#   docker build -t trace-proxy .
+#   docker run --rm -p 127.0.0.1:3128:3128 -p 127.0.0.1:9901:9901 trace-proxy
+#
+# The configuration is /etc/trace-proxy/config.toml (a copy of config.example.toml); mount your own file there, or
+# override single keys with TRACE_PROXY_<SECTION>__<KEY> and SENTRY_DSN/SENTRY_ENVIRONMENT/SENTRY_RELEASE/
+# SENTRY_TRACES_SAMPLE_RATE (see README.md, "Configuration").
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_INPUT=1
+
+# Only what the package build needs; every dependency has a wheel for this image, so no compiler is installed.
+COPY pyproject.toml README.md /tmp/trace-proxy/
+COPY proxy/ /tmp/trace-proxy/proxy/
+RUN pip install --no-cache-dir /tmp/trace-proxy \
+    && rm -rf /tmp/trace-proxy
+
+# A fixed non-root UID/GID >= 10000 (Debian already has a user named "proxy").
+RUN groupadd --gid 10001 tproxy \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin tproxy
+
+COPY config.example.toml /etc/trace-proxy/config.toml
+
+# The example file listens on 127.0.0.1, which inside a container is the container's own loopback: a service in
+# another network namespace (another container, the host) could not reach it. Listen on every interface here.
+# In a pod sidecar (or with --network container:...), the service shares this network namespace: override
+# TRACE_PROXY_FORWARD__LISTEN=127.0.0.1:3128 so that nothing outside the pod can use the proxy. Keep the admin port
+# on 0.0.0.0 if kubelet httpGet probes use it (they connect to the pod IP), else 127.0.0.1:9901 works too.
+ENV TRACE_PROXY_FORWARD__LISTEN=0.0.0.0:3128 \
+    TRACE_PROXY_ADMIN__LISTEN=0.0.0.0:9901
+
+# Numeric, so that runtimes can verify runAsNonRoot.
+USER 10001:10001
+WORKDIR /
+
+EXPOSE 3128 9901
+
+# Liveness from the admin port, with proxies disabled (the container may carry HTTP_PROXY itself). It needs
+# admin.listen on port 9901 and reachable on 127.0.0.1 (the default above, or the pod override).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["python", "-c", "import urllib.request as u; u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:9901/healthz', timeout=2)"]
+
+# SIGTERM: stop accepting, let requests in flight finish for up to forward.shutdown_grace seconds, exit 0.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["trace-proxy"]
+CMD ["--config", "/etc/trace-proxy/config.toml"]
