@@ -44,6 +44,8 @@ _REQUEST_SPECIAL = frozenset(
         b"expect",
     }
 )
+# Fields that a Connection header must not remove: the message's framing depends on them.
+_FRAMING_NAMES = frozenset({b"content-length", b"transfer-encoding", b"host"})
 # Tokens of Connection that name options rather than headers to drop.
 _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
 
@@ -126,14 +128,16 @@ def error_response(status: int, message: str, proxy_error: str = "http_request_e
 
     `Proxy-Status` (RFC 9209) carries a machine-readable error type for clients and logs.
     """
-    body = (message.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8", "replace")
-    detail = message.replace("\\", "\\\\").replace('"', '\\"').encode("ascii", "replace")
+    message = "".join(c if c >= " " and c != "\x7f" else " " for c in message)  # no CR/LF/controls anywhere
+    body = (message + "\n").encode("utf-8", "replace")
+    # Cut before escaping, so the quoted string always ends well-formed.
+    detail = message[:256].replace("\\", "\\\\").replace('"', '\\"').encode("ascii", "replace")
     return b"".join(
         (
             b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "Error").encode()),
             b"Content-Type: text/plain; charset=utf-8\r\n",
             b"Content-Length: %d\r\n" % len(body),
-            b'Proxy-Status: trace-proxy; error=%s; details="%s"\r\n' % (proxy_error.encode(), detail[:512]),
+            b'Proxy-Status: trace-proxy; error=%s; details="%s"\r\n' % (proxy_error.encode(), detail),
             b"Connection: close\r\n\r\n",
             body,
         )
@@ -155,7 +159,9 @@ def split_authority(authority: bytes, default_port: int | None) -> tuple[str, in
         host, rest = text[1:end], text[end + 1 :]
         if rest and not rest.startswith(":"):
             raise RequestRejected(400, f"malformed authority {text!r}")
-        port_text = rest[1:] if rest else ""
+        if rest == ":":
+            raise RequestRejected(400, f"empty port in {text!r}")
+        port_text = rest[1:]
     else:
         host, sep, port_text = text.partition(":")
         if sep and not port_text:
@@ -254,6 +260,7 @@ def _write_request(
     carrier: dict[str, list[str]] = {}
     body = Framing.NONE
     hosts = 0
+    te_value = b""
     upgrade_value = b""
     named: list[bytes] = []
     for name, value in headers:
@@ -269,7 +276,9 @@ def _write_request(
             elif lname == b"transfer-encoding":
                 if not http11:
                     raise RequestRejected(400, "Transfer-Encoding is not allowed in an HTTP/1.0 request")
-                body = Framing.CHUNKED  # llhttp accepts only a final `chunked` here
+                # llhttp accepts only codings ending in `chunked` here; the proxy re-chunks, the rest is kept.
+                body = Framing.CHUNKED
+                te_value = te_value + b", " + value if te_value else value
             elif lname == b"host":
                 hosts += 1
             elif lname == b"expect":
@@ -314,7 +323,9 @@ def _write_request(
     if hosts == 0 and http11:
         raise RequestRejected(400, "HTTP/1.1 request without a Host header")
     if body is Framing.CHUNKED:
-        append(b"Transfer-Encoding: chunked\r\n")
+        append(b"Transfer-Encoding: ")
+        append(te_value)
+        append(b"\r\n")
     if upgrade and upgrade_value:
         append(b"Connection: Upgrade\r\nUpgrade: ")
         append(upgrade_value)
@@ -389,7 +400,7 @@ def _strip_hop_lines(head: bytes, lower: bytes) -> tuple[bytes, bytes, bytes]:
         name, _, value = lower[start + 2 : end].partition(b":")
         value = value.strip(b" \t")
         if name == b"transfer-encoding":
-            te_value = value
+            te_value = te_value + b", " + value if te_value else value
         elif name == b"upgrade":
             upgrade_value = head[start + 2 : end].partition(b":")[2].strip(b" \t")
         elif value not in _CONNECTION_OPTIONS and (name == b"connection" or name == b"proxy-connection"):
@@ -397,6 +408,7 @@ def _strip_hop_lines(head: bytes, lower: bytes) -> tuple[bytes, bytes, bytes]:
         match = _HOP_LINE.search(lower, end)
     pieces.append(head[pos:])
     head = b"".join(pieces)
+    named = [n for n in named if n not in _FRAMING_NAMES]
     if named:
         drop = tuple(b"\r\n" + n + b":" for n in named)
         lines = head.split(b"\r\n")
