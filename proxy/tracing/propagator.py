@@ -1,0 +1,345 @@
+"""The facade the I/O layer uses: one :class:`Propagator`, one :meth:`~Propagator.decide` per request.
+
+``decide`` reads the few headers that matter from a :data:`Carrier`, picks the trace source in
+the order of propagation.md §10 (the request's ``sentry-trace``, its ``traceparent`` when
+enabled, the proxy's environment, a new trace), applies the org checks of §6, and returns the
+header values to write as a :class:`Decision`. It does no I/O, so the I/O layer only removes
+:attr:`~Propagator.strip_names` and adds the decided values.
+
+It runs on every proxied request, so everything that depends only on configuration or on the
+environment is computed in ``__init__``.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final, NamedTuple, Protocol, TypeAlias
+
+from proxy.tracing.baggage import parse_baggage, serialize_baggage
+from proxy.tracing.context import (
+    EMPTY_DSC,
+    FrozenDsc,
+    IncomingTrace,
+    continue_trace,
+    should_continue,
+    start_trace,
+)
+from proxy.tracing.options import PropagationConfig
+from proxy.tracing.sentry_trace import (
+    format_sentry_trace,
+    format_traceparent,
+    parse_sentry_trace,
+    parse_traceparent,
+)
+
+__all__ = [
+    "Carrier",
+    "Decision",
+    "IdSource",
+    "Propagator",
+    "SystemIdSource",
+    "TraceSource",
+]
+
+_SENTRY_TRACE: Final = "sentry-trace"
+_BAGGAGE: Final = "baggage"
+_TRACEPARENT: Final = "traceparent"
+
+# Bound methods of the random module's shared generator (reseeded in forked children).
+_getrandbits: Final = random.getrandbits
+_random: Final = random.random
+
+
+class TraceSource(enum.Enum):
+    """Where the trace of a request came from: the label recorded for each decision."""
+
+    REQUEST = "request"
+    TRACEPARENT = "traceparent"
+    ENVIRONMENT = "environment"
+    NEW = "new"
+    UNTOUCHED = "untouched"
+
+
+Carrier: TypeAlias = Mapping[str, Sequence[str]]
+"""Lowercase header name -> its values in order. Only the names the propagator reads
+(:attr:`Propagator.read_names`) need be present."""
+
+
+class IdSource(Protocol):
+    """Where new ids and the ``sample_rand`` draw of a new trace come from (injectable for tests)."""
+
+    def new_trace_id(self) -> str:
+        """32 lowercase hex digits, not all zero."""
+        ...
+
+    def new_span_id(self) -> str:
+        """16 lowercase hex digits, not all zero."""
+        ...
+
+    def sample_rand(self) -> float:
+        """A uniform draw in [0, 1)."""
+        ...
+
+
+class SystemIdSource:
+    """The production :class:`IdSource`, on the ``random`` module's shared generator.
+
+    Trace and span ids need uniqueness, not secrecy, and the module generator is several times
+    faster than ``os.urandom`` while being reseeded in a forked child (an own ``Random``
+    instance would not be, and two workers would then produce the same ids).
+    """
+
+    __slots__ = ()
+
+    def new_trace_id(self) -> str:
+        """A random non-zero 128-bit id as 32 lowercase hex digits."""
+        value = _getrandbits(128)
+        while not value:
+            value = _getrandbits(128)
+        return value.to_bytes(16, "big").hex()
+
+    def new_span_id(self) -> str:
+        """A random non-zero 64-bit id as 16 lowercase hex digits."""
+        value = _getrandbits(64)
+        while not value:
+            value = _getrandbits(64)
+        return value.to_bytes(8, "big").hex()
+
+    def sample_rand(self) -> float:
+        """``random.random()``: uniform in [0, 1)."""
+        return _random()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do with one request's trace headers.
+
+    ``sampled`` ``None`` means deferred. ``baggage`` ``None`` means "write no baggage header";
+    ``traceparent`` is ``None`` unless ``propagate_traceparent`` is on. For ``UNTOUCHED`` every
+    other field is ``None`` and the request must be forwarded unchanged.
+    """
+
+    source: TraceSource
+    trace_id: str | None
+    span_id: str | None
+    parent_span_id: str | None
+    sampled: bool | None
+    sentry_trace: str | None
+    baggage: str | None
+    traceparent: str | None
+
+
+class _DecisionBuilder:
+    """Builds :class:`Decision` objects at the cost of a plain class (hot-path optimisation).
+
+    A frozen dataclass's ``__init__`` stores each field through ``object.__setattr__``, which
+    costs about a microsecond for eight fields on a slow interpreter, a fifth of the whole
+    per-request budget. This class has the very same slots, so an instance can become a
+    ``Decision`` by ``__class__`` assignment, which CPython allows between classes of
+    identical layout. The result is an ordinary, immutable ``Decision``.
+    """
+
+    __slots__ = Decision.__slots__
+
+    def __init__(
+        self,
+        source: TraceSource,
+        trace_id: str | None,
+        span_id: str | None,
+        parent_span_id: str | None,
+        sampled: bool | None,
+        sentry_trace: str | None,
+        baggage: str | None,
+        traceparent: str | None,
+    ) -> None:
+        self.source = source
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_span_id = parent_span_id
+        self.sampled = sampled
+        self.sentry_trace = sentry_trace
+        self.baggage = baggage
+        self.traceparent = traceparent
+
+
+class _RequestBaggage(NamedTuple):
+    """A request's parsed ``baggage``, cached per header text.
+
+    ``unchanged`` is the header to write when the request's DSC is continued as it came (the
+    common case), so that it is serialised once per distinct header, not once per request.
+    """
+
+    dsc: FrozenDsc
+    third_party: tuple[str, ...]
+    unchanged: str | None
+
+
+_new_tuple: Final = tuple.__new__
+_UNTOUCHED: Final = Decision(TraceSource.UNTOUCHED, None, None, None, None, None, None, None)
+_NO_BAGGAGE: Final = _RequestBaggage(EMPTY_DSC, (), None)
+# A service sends the same baggage on every outbound call of one transaction: parse it once.
+# The cache is dropped when full (cheaper than LRU bookkeeping); over-long headers, which are
+# not typical, are not cached at all. Entries are immutable and plain dict operations are
+# atomic, so concurrent callers at worst parse a header twice.
+_CACHE_ENTRIES: Final = 512
+_CACHE_MAX_HEADER: Final = 8192
+
+
+class Propagator:
+    """Decides, per request, which trace to propagate and the header values that carry it."""
+
+    __slots__ = (
+        "_baggage_cache",
+        "_config",
+        "_env",
+        "_ids",
+        "_match_all",
+        "_targets",
+        "_traceparent",
+        "read_names",
+        "strip_names",
+    )
+
+    strip_names: frozenset[str]
+    """Lowercase names the I/O layer removes from a request it rewrites."""
+    read_names: frozenset[str]
+    """Lowercase names :meth:`decide` reads from the carrier."""
+
+    def __init__(self, config: PropagationConfig, ids: IdSource, environment: Carrier | None = None) -> None:
+        """``environment`` is ``{"sentry-trace": [SENTRY_TRACE], "baggage": [SENTRY_BAGGAGE]}``,
+        built by the caller from ``os.environ``; it is read here, once."""
+        self._config = config
+        self._ids = ids
+        self._targets = config.targets
+        self._match_all = config.targets.match_all
+        self._traceparent = config.propagate_traceparent
+        self._baggage_cache: dict[str, _RequestBaggage] = {}
+        names = {_SENTRY_TRACE, _BAGGAGE}
+        if config.propagate_traceparent:
+            names.add(_TRACEPARENT)
+        self.strip_names = frozenset(names)
+        self.read_names = frozenset(names)
+
+        # The environment's trace is the same for every request: decide everything but the
+        # span id now. One that fails the org checks (§6) is as good as none: requests without
+        # a trace of their own then start new ones. Its third-party members are not forwarded
+        # (an SDK never copies incoming third-party baggage; the request's own members are).
+        self._env: tuple[IncomingTrace, bool | None, str, str | None] | None = None
+        env_trace = self.extract(environment) if environment else None
+        if env_trace is not None and should_continue(config, env_trace):
+            sampled, dsc = continue_trace(config, env_trace)
+            if dsc is None:
+                dsc = ",".join(env_trace.dsc.members)
+            self._env = (env_trace, sampled, dsc, serialize_baggage(dsc))
+
+    @property
+    def config(self) -> PropagationConfig:
+        """The configuration this propagator was built with."""
+        return self._config
+
+    def matches(self, url: str) -> bool:
+        """Does ``url`` get trace headers (``trace_propagation_targets``, §7)?"""
+        return self._match_all or self._targets.matches(url)
+
+    def _parse_request_baggage(self, header: str) -> _RequestBaggage:
+        """Parse a request's (joined) ``baggage`` header and remember the result."""
+        parsed = parse_baggage((header,))
+        dsc = FrozenDsc.from_baggage(parsed)
+        entry = _RequestBaggage(dsc, parsed.third_party, serialize_baggage(",".join(dsc.members), parsed.third_party))
+        if len(header) <= _CACHE_MAX_HEADER:
+            if len(self._baggage_cache) >= _CACHE_ENTRIES:
+                self._baggage_cache.clear()
+            self._baggage_cache[header] = entry
+        return entry
+
+    def _read(self, carrier: Carrier) -> tuple[IncomingTrace | None, _RequestBaggage]:
+        """The carrier's trace (if any) and its parsed baggage, each header parsed once."""
+        get = carrier.get
+        values = get(_BAGGAGE)
+        if values:
+            header = values[0] if len(values) == 1 else ",".join(values)
+            cached = self._baggage_cache.get(header)
+            baggage = cached if cached is not None else self._parse_request_baggage(header)
+        else:
+            baggage = _NO_BAGGAGE
+        values = get(_SENTRY_TRACE)
+        trace = parse_sentry_trace(values) if values else None
+        if trace is not None:
+            # ``IncomingTrace(*trace, baggage.dsc)`` without the NamedTuple's Python-level
+            # ``__new__`` (as ``namedtuple._make`` does): this runs on every request.
+            return _new_tuple(IncomingTrace, (*trace, baggage.dsc, False)), baggage
+        if self._traceparent:
+            values = get(_TRACEPARENT)
+            trace = parse_traceparent(values) if values else None
+            if trace is not None:
+                # No SDK writes a DSC for a traceparent-only caller: the DSC is frozen empty and
+                # any sentry- members in the baggage belong to no trace (§5, §8).
+                incoming = IncomingTrace(trace.trace_id, trace.span_id, trace.sampled, EMPTY_DSC, True)
+                return incoming, baggage
+        return None, baggage
+
+    def extract(self, carrier: Carrier) -> IncomingTrace | None:
+        """The trace ``carrier`` asks to continue: its valid ``sentry-trace`` with the DSC from its
+        ``baggage``, else (when enabled) its ``traceparent`` with an empty DSC, else ``None``."""
+        return self._read(carrier)[0]
+
+    def decide(self, url: str, request: Carrier) -> Decision:
+        """The trace headers to write on the request to ``url`` (see the module docstring)."""
+        if not self._match_all and not self._targets.matches(url):
+            return _UNTOUCHED
+        incoming, baggage = self._read(request)
+        if incoming is not None:
+            if should_continue(self._config, incoming):
+                sampled, dsc = continue_trace(self._config, incoming)
+                if dsc is None and incoming.dsc is baggage.dsc:
+                    out = baggage.unchanged
+                else:
+                    if dsc is None:
+                        dsc = ",".join(incoming.dsc.members)
+                    out = serialize_baggage(dsc, baggage.third_party)
+                source = TraceSource.TRACEPARENT if incoming.from_traceparent else TraceSource.REQUEST
+                return self._continued(source, incoming, sampled, out)
+        elif self._env is not None:
+            env_trace, sampled, dsc, alone = self._env
+            out = serialize_baggage(dsc, baggage.third_party) if baggage.third_party else alone
+            return self._continued(TraceSource.ENVIRONMENT, env_trace, sampled, out)
+        return self._new(baggage.third_party)
+
+    def _continued(
+        self, source: TraceSource, incoming: IncomingTrace, sampled: bool | None, baggage: str | None
+    ) -> Decision:
+        trace_id = incoming.trace_id
+        span_id = self._ids.new_span_id()
+        decision = _DecisionBuilder(
+            source,
+            trace_id,
+            span_id,
+            incoming.parent_span_id,
+            sampled,
+            format_sentry_trace(trace_id, span_id, sampled),
+            baggage,
+            format_traceparent(trace_id, span_id, sampled) if self._traceparent else None,
+        )
+        decision.__class__ = Decision  # type: ignore[assignment]
+        return decision  # type: ignore[return-value]
+
+    def _new(self, third_party: tuple[str, ...]) -> Decision:
+        ids = self._ids
+        trace_id = ids.new_trace_id()
+        span_id = ids.new_span_id()
+        sampled, dsc = start_trace(self._config, trace_id, ids.sample_rand())
+        decision = _DecisionBuilder(
+            TraceSource.NEW,
+            trace_id,
+            span_id,
+            None,
+            sampled,
+            format_sentry_trace(trace_id, span_id, sampled),
+            serialize_baggage(dsc, third_party),
+            format_traceparent(trace_id, span_id, sampled) if self._traceparent else None,
+        )
+        decision.__class__ = Decision  # type: ignore[assignment]
+        return decision  # type: ignore[return-value]
