@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of trace-proxy: `bash bench/run.sh [--quick] [bench.py options]` from a clean checkout.
+#
+# Installs what the benchmark needs when it is missing (wrk, nginx-light, squid, tinyproxy, curl from Debian, which
+# needs root; the packages' own services are not started), creates .venv and installs trace-proxy into it
+# (`pip install -e .`) when trace-proxy is not installed there, then hands over to bench/bench.py with the venv's
+# Python. `--quick` is CI's smoke run (about a minute); without it the full run takes about 12 minutes.
+# Results: a table on stdout and bench/results/latest.json.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+export PATH="${PATH}:/usr/local/sbin:/usr/sbin:/sbin"  # nginx, squid live in sbin
+
+# Debian package -> the command it provides.
+declare -A COMMANDS=([wrk]=wrk [nginx-light]=nginx [squid]=squid [tinyproxy]=tinyproxy [curl]=curl)
+missing=()
+for package in wrk nginx-light squid tinyproxy curl; do
+    command -v "${COMMANDS[${package}]}" >/dev/null 2>&1 || missing+=("${package}")
+done
+for command in taskset getconf python3; do
+    command -v "${command}" >/dev/null 2>&1 || { echo "bench: ${command} is missing" >&2; exit 1; }
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "bench: installing ${missing[*]} from Debian"
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "bench: ${missing[*]} missing and this is not root on Debian: install them, then re-run" >&2
+        exit 1
+    fi
+    # Keep the packages' services (squid on :3128, tinyproxy on :8888, nginx on :80) from starting on install,
+    # unless a policy is already in place (as in Debian's container images).
+    policy=/usr/sbin/policy-rc.d
+    own_policy=0
+    if [ ! -e "${policy}" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"${policy}" && chmod 755 "${policy}" && own_policy=1
+        trap '[ "${own_policy}" -eq 1 ] && rm -f "${policy}"' EXIT
+    fi
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    if [ "${own_policy}" -eq 1 ]; then
+        rm -f "${policy}"
+        own_policy=0
+    fi
+fi
+
+if ! .venv/bin/python -c 'import proxy.app' >/dev/null 2>&1 || [ ! -x .venv/bin/trace-proxy ]; then
+    if [ ! -x .venv/bin/python ]; then
+        python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+            echo "bench: trace-proxy needs Python >= 3.11; python3 is $(python3 -V 2>&1)" >&2
+            exit 1
+        }
+        if ! python3 -m venv .venv; then
+            rm -rf .venv  # Debian's python3 ships venv separately
+            [ "$(id -u)" -eq 0 ] || { echo "bench: install python3-venv, then re-run" >&2; exit 1; }
+            apt-get update -qq && apt-get install -y -qq python3-venv
+            python3 -m venv .venv
+        fi
+    fi
+    echo "bench: pip install -e ."
+    .venv/bin/pip install -q -e .
+fi
+
+# 1,000 idle client connections need more than the usual 1,024 descriptors (client, proxy and origin sides).
+hard=$(ulimit -Hn)
+if [ "${hard}" = unlimited ] || [ "${hard}" -gt 65536 ]; then
+    ulimit -n 65536
+else
+    ulimit -n "${hard}"
+fi
+
+exec .venv/bin/python bench/bench.py "$@"
