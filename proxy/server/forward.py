@@ -35,6 +35,7 @@ _PIPELINE = 1  # a request waits behind the one in flight
 _UPSTREAM = 2  # the origin's socket buffer is full
 _PENDING = 4  # body bytes wait for an origin connection
 _MAX_PENDING = 1 << 20
+_LINGER_SECONDS = 2.0
 
 _ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
 
@@ -93,6 +94,7 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel_peer: UpstreamConnection | None = None
         self._eofs = 0
         self._pending_tunnel_bytes = 0
+        self._discarding = False  # an error was answered: input is read and dropped until the close
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------------------
 
@@ -103,6 +105,8 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self._now()
+        if self._discarding:
+            return
         if self._tunnel_buf is not None:
             peer = self.tunnel_peer
             if peer is not None:
@@ -139,6 +143,8 @@ class ClientConnection(asyncio.Protocol):
             self._reject(431, f"request head larger than {MAX_HEAD_BYTES // 1024} KiB", "http_request_error")
 
     def eof_received(self) -> bool | None:
+        if self._discarding:
+            return None  # the lingering close is over
         if self.tunnel_peer is not None:
             self._eofs += 1
             if self.tunnel_peer.transport.can_write_eof():
@@ -214,12 +220,16 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._head_bytes = 0
         parser = self._parser
         url = self._url
         headers = self._headers
         self._url = b""
         self._headers = []
+        if self._head_bytes > MAX_HEAD_BYTES and len(url) + sum(len(n) + len(v) + 4 for n, v in headers) > (
+            MAX_HEAD_BYTES - 32
+        ):
+            raise RequestRejected(431, f"request head larger than {MAX_HEAD_BYTES // 1024} KiB")
+        self._head_bytes = 0
         version = parser.get_http_version()
         if version == "1.1":
             http11 = True
@@ -386,18 +396,50 @@ class ClientConnection(asyncio.Protocol):
         self.current = None
         if not self.transport.is_closing():
             self.transport.write(error_response(status, message, proxy_error))
-        self._close()
+        self._linger()
 
     def _reject(self, status: int, message: str, proxy_error: str) -> None:
         """Answer a request the proxy will not forward; the connection closes after it."""
         self._input_done = True
         self._server.stats.rejected(status)
         body = error_response(status, message, proxy_error)
-        if self.current is not None:
-            self._deferred_error = body  # after the response in flight
-            return
+        current = self.current
+        if current is not None:
+            if self._reading is current:
+                # The body of the request in flight is malformed: the origin holds half a request; drop it.
+                self._queue.clear()
+                up = current.upstream
+                if up is not None:
+                    up.client = None
+                    up.exchange = None
+                    up.transport.abort()
+                    if up.response_started:
+                        self.response_broken(current)
+                        return
+                current.status = status
+                current.ended = self._now()
+                self._server.stats.exchange_done(current)
+                self.current = None
+            else:
+                self._deferred_error = body  # after the responses to the requests before the bad one
+                return
         self.transport.write(body)
-        self._close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after an error answer without resetting it away: a client still sending (an upload the proxy will
+        not forward) would get a TCP reset from a plain close, and may lose the answer with it. So: send FIN, read
+        and discard what still comes for a moment, then close (RFC 9112 §9.6)."""
+        transport = self.transport
+        if transport.is_closing() or not transport.can_write_eof():
+            self._close()
+            return
+        self._input_done = True
+        self._tunnel_buf = None
+        self._discarding = True
+        transport.write_eof()
+        self._resume(self._paused)
+        self._server.loop.call_later(_LINGER_SECONDS, self._close)
 
     def _close(self) -> None:
         self._input_done = True
@@ -448,7 +490,7 @@ class ClientConnection(asyncio.Protocol):
 
     async def _connect_tunnel(self, host: str, port: int) -> None:
         try:
-            up = await self._pool.connect(host, port)
+            up = await self._pool.connect(host, port, tunnel=True)
         except UpstreamError as err:
             self._server.stats.rejected(err.status)
             if not self.transport.is_closing():
@@ -458,10 +500,11 @@ class ClientConnection(asyncio.Protocol):
         if self.transport.is_closing():
             up.transport.close()
             return
-        up.start_tunnel(self)
         self.tunnel_peer = up
         self.transport.write(_ESTABLISHED)
-        self._flush_tunnel_buf(up)
+        up.start_tunnel(self)
+        if self.tunnel_peer is up:
+            self._flush_tunnel_buf(up)
 
     def _flush_tunnel_buf(self, up: UpstreamConnection) -> None:
         buf = self._tunnel_buf

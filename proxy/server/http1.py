@@ -119,7 +119,8 @@ class ResponsePlan:
 
     head: bytes
     upstream_framing: Framing
-    rechunk: bool  # the body is chunked towards the client (the proxy writes chunk sizes)
+    content_length: int  # the body's length when upstream_framing is LENGTH
+    dechunk: bool  # a chunked body goes to an HTTP/1.0 client decoded, and the connection closes after it
     close_client: bool
 
 
@@ -208,18 +209,23 @@ def plan_request(
     The origin gets an HTTP/1.1 request in origin form with `Host` set from the target (RFC 9112 §3.2.2), no
     hop-by-hop header, the body framing the proxy will write, and the trace headers the propagator decided.
     """
-    if target[:7].lower() != b"http://":
+    if target[:7].lower() == b"http://":
+        start = 7
+    elif target[:5].lower() == b"ws://":
+        start = 5  # a WebSocket URI is HTTP on the same port (RFC 6455 §3); aiohttp sends these to proxies
+    else:
         if target[:1] == b"/" or target == b"*":
             raise RequestRejected(400, ORIGIN_FORM_HELP)
-        if target[:8].lower() == b"https://":
-            raise RequestRejected(400, "https:// requests must be tunnelled with CONNECT (use https_proxy)")
+        if target[:8].lower() == b"https://" or target[:6].lower() == b"wss://":
+            raise RequestRejected(400, "https:// and wss:// must be tunnelled with CONNECT (use https_proxy)")
         raise RequestRejected(400, "request target must be an absolute http:// URL")
-    slash = target.find(b"/", 7)
-    query = target.find(b"?", 7)
+    slash = target.find(b"/", start)
+    query = target.find(b"?", start)
     if query >= 0 and (slash < 0 or query < slash):
         slash = query
-    authority = target[7:slash] if slash >= 0 else target[7:]
-    path = target[slash:] if slash >= 0 else b"/"
+    authority = target[start:slash] if slash >= 0 else target[start:]
+    # An empty path is `/`, except for OPTIONS, which then asks about the server itself (RFC 9112 §3.2.4).
+    path = target[slash:] if slash >= 0 else (b"*" if method == b"OPTIONS" else b"/")
     hash_at = path.find(b"#")
     if hash_at >= 0:
         path = path[:hash_at]
@@ -323,6 +329,9 @@ def _write_request(
     if hosts == 0 and http11:
         raise RequestRejected(400, "HTTP/1.1 request without a Host header")
     if body is Framing.CHUNKED:
+        if te_value.rsplit(b",", 1)[-1].strip().lower() != b"chunked":
+            # llhttp reports this only after the head is complete, i.e. after it was planned: refuse it here.
+            raise RequestRejected(400, "Transfer-Encoding of a request must end in chunked (RFC 9112 §6.3)")
         append(b"Transfer-Encoding: ")
         append(te_value)
         append(b"\r\n")
@@ -375,11 +384,12 @@ _UNTOUCHED = Decision(
 
 
 # A response head line that is hop-by-hop (RFC 9110 §7.6.1), with the CRLF before it, searched in the lowercased
+# head (Trailer stays: chunked bodies and their trailer fields are relayed as the origin wrote them).
 # head. llhttp has already checked the grammar (token names, no whitespace before the colon, CRLF line ends), so the
 # search is exact; the alternation is factored by first letter because this runs for every response.
 _HOP_LINE = re.compile(
     rb"\r\n(?:connection|p(?:roxy-(?:connection|authenticate|authorization))|keep-alive"
-    rb"|t(?:e|railer|ransfer-encoding)|upgrade):[^\r]*"
+    rb"|t(?:e|ransfer-encoding)|upgrade):[^\r]*"
 )
 
 
@@ -428,23 +438,28 @@ def plan_response(
     """The head the client receives for an origin's final (or 1xx interim) response, and the body framing.
 
     `head` is the origin's raw head from the status line up to and including the CRLF of its last field line (not
-    the empty line).  Content-Length is passed through; a chunked body is re-chunked for HTTP/1.1 clients and sent
-    close-delimited to HTTP/1.0 clients; a close-delimited body closes the client connection too.
+    the empty line).  Content-Length and chunked bodies pass through as they are (llhttp checked their framing); a
+    chunked body is decoded for an HTTP/1.0 client and ends with the connection, like a close-delimited body.
     """
     if head[5:8] != b"1.1":
         head = b"HTTP/1.1" + head[8:]
     lower = head.lower()
     head, te_value, _ = _strip_hop_lines(head, lower)
+    content_length = 0
     if te_value:
         # llhttp already refused Content-Length together with Transfer-Encoding.
         framing = Framing.CHUNKED if te_value.rsplit(b",", 1)[-1].strip() == b"chunked" else Framing.CLOSE
-    elif lower.find(b"\r\ncontent-length:") >= 0:
-        framing = Framing.LENGTH
     else:
-        framing = Framing.CLOSE
+        at = lower.find(b"\r\ncontent-length:")
+        value = lower[at + 17 : lower.find(b"\r", at + 17)].strip(b" \t") if at >= 0 else b""
+        if value.isdigit():  # llhttp let through one well-formed length at most
+            framing = Framing.LENGTH
+            content_length = int(value)
+        else:
+            framing = Framing.CLOSE
     parts = [head]
     no_body = request_is_head or status in (204, 304) or status < 200
-    rechunk = False
+    dechunk = False
     close = force_close or not client_keep_alive
     if no_body:
         if te_value:
@@ -452,28 +467,22 @@ def plan_response(
     elif framing is Framing.CHUNKED:
         if client_http11:
             parts.append(b"Transfer-Encoding: %s\r\n" % te_value)
-            rechunk = True
         else:
-            close = True
+            dechunk = close = True
     elif framing is Framing.CLOSE:
         if te_value:
             parts.append(b"Transfer-Encoding: %s\r\n" % te_value)
         close = True
     if status < 200:
         parts.append(b"\r\n")
-        return ResponsePlan(head=b"".join(parts), upstream_framing=Framing.NONE, rechunk=False, close_client=False)
+        return ResponsePlan(b"".join(parts), Framing.NONE, 0, False, False)
     if close:
         parts.append(b"Connection: close\r\n\r\n")
     elif not client_http11:
         parts.append(b"Connection: keep-alive\r\n\r\n")
     else:
         parts.append(b"\r\n")
-    return ResponsePlan(
-        head=b"".join(parts),
-        upstream_framing=Framing.NONE if no_body else framing,
-        rechunk=rechunk,
-        close_client=close,
-    )
+    return ResponsePlan(b"".join(parts), Framing.NONE if no_body else framing, content_length, dechunk, close)
 
 
 def plan_switching_protocols(head: bytes) -> bytes:

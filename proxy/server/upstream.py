@@ -36,48 +36,83 @@ class UpstreamError(Exception):
         self.proxy_error = proxy_error
 
 
+class _Dechunker:
+    """Parser callbacks for a response to an HTTP/1.0 client: chunked bodies are decoded, since such a client
+    cannot read chunks; everything else goes to the connection's own callbacks."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: UpstreamConnection) -> None:
+        self._conn = conn
+
+    def on_message_begin(self) -> None:
+        self._conn.on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._conn.on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        conn = self._conn
+        if conn.dechunk and not conn.complete:
+            conn.out.append(body)
+
+    def on_message_complete(self) -> None:
+        self._conn.on_message_complete()
+
+
 class UpstreamConnection(asyncio.Protocol):
-    """One connection to an origin, serving one exchange at a time; in tunnel mode, a byte relay."""
+    """One connection to an origin, serving one exchange at a time; in tunnel mode, a byte relay.
+
+    The response head is rewritten once; the body bytes go to the client as they arrived, while llhttp follows
+    the framing to find where the response ends (no body callbacks, no copies). A response to an HTTP/1.0 client
+    whose body is chunked is the exception: it is decoded through `_Dechunker`.
+    """
 
     __slots__ = (
-        "_complete",
+        "_body_from",
         "_data",
         "_garbage",
         "_head_buf",
         "_head_start",
         "_in_body",
         "_keep_alive",
-        "_out",
+        "_plain_parser",
         "_plan",
+        "_remaining",
         "_reset_parser",
-        "_status",
         "client",
         "closed",
+        "complete",
+        "dechunk",
         "exchange",
         "got_bytes",
         "idle_since",
         "key",
         "last_active",
+        "out",
         "parser",
         "pool",
         "reused",
         "transport",
         "tunnel",
+        "tunnel_eof",
     )
 
-    def __init__(self, pool: UpstreamPool, key: Key) -> None:
+    def __init__(self, pool: UpstreamPool, key: Key, tunnel: bool = False) -> None:
         self.pool = pool
         self.key = key
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.parser = HttpResponseParser(self)
+        self.parser = self._plain_parser = HttpResponseParser(self)
         self.client: ClientConnection | None = None
         self.exchange: Exchange | None = None
         self.reused = False
         self.closed = False
-        self.tunnel = False
+        self.tunnel = tunnel
+        self.tunnel_eof = False
         self.idle_since = 0.0
         self.last_active = 0.0
         self.got_bytes = False
+        self.out: list[bytes] = []
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -86,14 +121,15 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_buf = b""
         self._data = b""
         self._head_start = 0
-        self._status = 0
+        self._body_from = -1  # where the body starts in `_data` (-1: no body bytes in this read)
+        self._remaining = 0  # body bytes still expected, for a Content-Length body
         self._plan: ResponsePlan | None = None
-        self._complete = False
+        self.complete = False
+        self.dechunk = False
         self._garbage = False
         self._in_body = False
         self._keep_alive = False
         self._reset_parser = False
-        self._out: list[bytes] = []
 
     # -- binding -------------------------------------------------------------------------------------------------
 
@@ -102,10 +138,22 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = exchange
         self.got_bytes = False
         self._reset_state()
+        if not exchange.plan.http11:
+            self.parser = HttpResponseParser(_Dechunker(self))
+        elif self.parser is not self._plain_parser:
+            self.parser = self._plain_parser = HttpResponseParser(self)
 
     def start_tunnel(self, client: ClientConnection) -> None:
+        """Relay to `client` from now on, after what the target sent (or how it ended) before this."""
         self.client = client
         self.tunnel = True
+        if self.out:
+            client.transport.write(b"".join(self.out))
+            self.out.clear()
+        if self.tunnel_eof:  # the target half-closed before the client was attached
+            client.peer_eof()
+        if self.closed:
+            client.tunnel_peer_lost()
 
     @property
     def response_started(self) -> bool:
@@ -121,6 +169,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self.tunnel:
             if client is not None:
                 client.transport.write(data)
+            else:
+                self.out.append(data)  # a target that speaks first, before the 200 went out
             return
         if client is None:
             # Bytes on an idle pooled connection: the origin is out of step; never reuse it.
@@ -128,8 +178,9 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.got_bytes = True
         self.last_active = self.pool.now()
-        out = self._out
         self._data = data
+        in_body = self._in_body
+        self._body_from = 0 if in_body else -1
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as upgrade:
@@ -146,9 +197,34 @@ class UpstreamConnection(asyncio.Protocol):
                 )
             return
         except HttpParserError as exc:
-            self._malformed(client, str(exc))
-            return
-        if not self._in_body:
+            if not self.complete:
+                self._malformed(client, str(exc))
+                return
+            self._garbage = True  # bytes after a complete response; the response itself is intact
+        out = self.out
+        body_from = self._body_from
+        if body_from >= 0 and not self.dechunk:
+            plan = self._plan
+            assert plan is not None
+            framing = plan.upstream_framing
+            if framing is not Framing.NONE:
+                body = data[body_from:] if body_from else data
+                if framing is Framing.LENGTH:
+                    remaining = self._remaining
+                    if len(body) > remaining:
+                        body = body[:remaining]
+                        self._garbage = True
+                    self._remaining = remaining - len(body)
+                elif self._garbage:
+                    # Bytes followed the end of a chunked body in this read: where it ended is not known here,
+                    # so the client must not get any of it as if it were the rest of the response.
+                    self._failed(
+                        client, UpstreamError(502, "origin sent bytes after its response", "http_protocol_error")
+                    )
+                    return
+                if body:
+                    out.append(body)
+        elif not self._in_body:
             # The head is not complete yet: keep what arrived of it for on_headers_complete.
             self._head_buf = (self._head_buf + data)[self._head_start :] if self._head_buf else data[self._head_start :]
             self._head_start = 0
@@ -158,12 +234,15 @@ class UpstreamConnection(asyncio.Protocol):
         if out:
             client.transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
-        if self._complete:
+        if self.complete:
             self._finish(client)
 
     def eof_received(self) -> bool | None:
-        if self.tunnel and self.client is not None:
-            self.client.peer_eof()
+        if self.tunnel:
+            if self.client is not None:
+                self.client.peer_eof()
+            else:
+                self.tunnel_eof = True  # passed on by start_tunnel
             return True
         return None
 
@@ -180,9 +259,9 @@ class UpstreamConnection(asyncio.Protocol):
         exchange = self.exchange
         if exchange is None:
             return
-        if self._plan is not None and self._plan.upstream_framing is Framing.CLOSE and not self._complete:
+        if self._plan is not None and self._plan.upstream_framing is Framing.CLOSE and not self.complete:
             # A read-until-close body ends here, complete.
-            self._complete = True
+            self.complete = True
             client.response_complete(exchange, True)
             return
         client.upstream_lost(exchange, self)
@@ -197,11 +276,17 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- llhttp callbacks ---------------------------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self._garbage = True  # the origin sent more than the one response it was asked for
+
     def _take_head(self) -> bytes:
         """The raw head just parsed (status line to the CRLF of its last field); llhttp enforced CRLF endings."""
         raw = self._head_buf + self._data if self._head_buf else self._data
         end = raw.find(b"\r\n\r\n", self._head_start)
         head = raw[self._head_start : end + 2]
+        if len(head) > MAX_HEAD_BYTES:
+            raise HttpParserError(f"response head larger than {MAX_HEAD_BYTES // 1024} KiB")
         if self._head_buf:
             # Offsets from here on are into `_data` alone.
             self._head_start = end + 4 - len(self._head_buf)
@@ -211,84 +296,72 @@ class UpstreamConnection(asyncio.Protocol):
         return head
 
     def on_headers_complete(self) -> None:
-        if self._complete:
-            self._garbage = True
+        if self.complete:
             return
         head = self._take_head()
-        status = self.parser.get_status_code()
+        parser = self.parser
+        status = parser.get_status_code()
         exchange = self.exchange
         assert exchange is not None and self.client is not None
+        request = exchange.plan
         if status == 101:
-            if not (exchange.plan.upgrade and self.parser.should_upgrade()):
+            if not (request.upgrade and parser.should_upgrade()):
                 raise HttpParserError("101 Switching Protocols without a requested Upgrade")
-            self._out.append(plan_switching_protocols(head))
+            self.out.append(plan_switching_protocols(head))
             return
         plan = plan_response(
             status,
             head,
-            request_is_head=exchange.plan.method_is_head,
-            client_http11=exchange.plan.http11,
-            client_keep_alive=exchange.plan.keep_alive and not exchange.plan.upgrade,
+            request_is_head=request.method_is_head,
+            client_http11=request.http11,
+            client_keep_alive=request.keep_alive and not request.upgrade,
             force_close=self.client.closing_after_response,
         )
         if status < 200:
-            if exchange.plan.http11:
-                self._out.append(plan.head)
+            if request.http11:
+                self.out.append(plan.head)
             return
-        self._status = status
-        self._plan = plan
-        self._keep_alive = self.parser.should_keep_alive()
         exchange.status = status
-        self._out.append(plan.head)
+        self._plan = plan
+        self._keep_alive = parser.should_keep_alive()
+        self.out.append(plan.head)
         self._in_body = True
-        if plan.upstream_framing is Framing.NONE and exchange.plan.method_is_head:
+        self._body_from = self._head_start
+        self._remaining = plan.content_length
+        self.dechunk = plan.dechunk
+        if plan.upstream_framing is Framing.NONE and request.method_is_head:
             # llhttp cannot be told that a response answers HEAD: end it here and start a fresh parser.
-            self._complete = True
+            self.complete = True
             self._reset_parser = True
-
-    def on_body(self, body: bytes) -> None:
-        if self._complete:
-            return
-        plan = self._plan
-        if plan is not None and plan.rechunk:
-            self._out.append(b"%x\r\n" % len(body))
-            self._out.append(body)
-            self._out.append(b"\r\n")
-        else:
-            self._out.append(body)
 
     def on_message_complete(self) -> None:
         if self._plan is None:
             return  # an interim 1xx response
-        if self._complete:
-            if not self._reset_parser:
-                self._garbage = True
-            return
-        if self._plan.rechunk:
-            self._out.append(b"0\r\n\r\n")
-        self._complete = True
+        if not self.complete:
+            self.complete = True
 
     # -- endings --------------------------------------------------------------------------------------------------
 
     def _finish(self, client: ClientConnection) -> None:
         exchange = self.exchange
-        assert exchange is not None and self._plan is not None
+        plan = self._plan
+        assert exchange is not None and plan is not None
         reusable = (
             self._keep_alive
             and not self._garbage
             and exchange.body_done
-            and self._plan.upstream_framing is not Framing.CLOSE
+            and plan.upstream_framing is not Framing.CLOSE
             and not exchange.plan.upgrade
         )
-        if self._reset_parser:
-            self.parser = HttpResponseParser(self)
+        if self._reset_parser or self.parser is not self._plain_parser:
+            self.parser = self._plain_parser = HttpResponseParser(self)
         self.client = None
         self.exchange = None
         if reusable:
             self.pool.release(self)
         else:
             self.transport.close()
-        client.response_complete(exchange, self._plan.close_client)
+        client.response_complete(exchange, plan.close_client)
 
     def _malformed(self, client: ClientConnection, reason: str) -> None:
         message = f"{self.key[0]}:{self.key[1]} sent a malformed response: {reason}"
@@ -298,6 +371,7 @@ class UpstreamConnection(asyncio.Protocol):
         exchange = self.exchange
         self.client = None
         self.exchange = None
+        self.out.clear()
         self.transport.abort()
         if exchange is None:
             return
@@ -312,8 +386,8 @@ class UpstreamConnection(asyncio.Protocol):
         exchange.status = 101
         self.tunnel = True
         self.exchange = None
-        client.transport.write(b"".join(self._out))
-        self._out.clear()
+        client.transport.write(b"".join(self.out))
+        self.out.clear()
         if tail:
             client.transport.write(tail)
         client.upgraded(exchange, self)
@@ -353,12 +427,12 @@ class UpstreamPool:
         if idle and conn in idle:
             idle.remove(conn)
 
-    async def connect(self, host: str, port: int) -> UpstreamConnection:
+    async def connect(self, host: str, port: int, tunnel: bool = False) -> UpstreamConnection:
         """A new connection to host:port, or an UpstreamError naming why not (DNS, refused, timeout)."""
         key = (host, port)
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, conn = await self._loop.create_connection(lambda: UpstreamConnection(self, key), host, port)
+                _, conn = await self._loop.create_connection(lambda: UpstreamConnection(self, key, tunnel), host, port)
         except TimeoutError:
             raise UpstreamError(
                 504,
