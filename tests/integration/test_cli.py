@@ -104,9 +104,7 @@ def test_config_env_picks_the_file(tmp_path: Path) -> None:
 def test_config_flag_beats_config_env(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[forward]\nworkers = 0\n")
-    result = cli(
-        "--check-config", "--config", "config.example.toml", env=clean_env(TRACE_PROXY_CONFIG=str(bad))
-    )
+    result = cli("--check-config", "--config", "config.example.toml", env=clean_env(TRACE_PROXY_CONFIG=str(bad)))
     assert result.returncode == 0, result.stderr
     assert result.stdout == "config ok: config.example.toml\n"
 

@@ -124,10 +124,7 @@ def test_partial_file_keeps_other_defaults(write: Write) -> None:
 def test_example_config_is_the_defaults_with_a_sample_rate() -> None:
     s = load_settings(REPO / "config.example.toml", {})
     assert s.sentry.traces_sample_rate == 1.0
-    assert (
-        s.model_copy(update={"sentry": s.sentry.model_copy(update={"traces_sample_rate": None})})
-        == Settings()
-    )
+    assert s.model_copy(update={"sentry": s.sentry.model_copy(update={"traces_sample_rate": None})}) == Settings()
 
 
 def test_example_config_lists_every_key() -> None:
@@ -139,9 +136,7 @@ def test_example_config_lists_every_key() -> None:
 
 
 def test_env_override_beats_file(write: Write) -> None:
-    path = write(
-        '[forward]\nlisten = "127.0.0.1:3000"\nconnect_ports = [443]\n[sentry]\nenvironment = "file"\n'
-    )
+    path = write('[forward]\nlisten = "127.0.0.1:3000"\nconnect_ports = [443]\n[sentry]\nenvironment = "file"\n')
     s = load_settings(
         path,
         {

@@ -1,0 +1,1 @@
+"""Shared helpers of the integration tests: the proxy as a subprocess, origins that record, raw HTTP, clients."""

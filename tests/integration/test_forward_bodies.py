@@ -1,0 +1,471 @@
+"""Bodies through the proxy: every framing both ways, streamed (never buffered whole), large ones intact."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.helpers import http
+from tests.helpers.clients import curl, requests_session
+from tests.helpers.data import MB, ablocks, blocks, payload, sha256_of
+from tests.helpers.origin import Handler, Origin, RawConn, RawOrigin, RawOriginFactory, Recorded, ok_response
+from tests.helpers.proxy_process import ProxyProcess, peak_rss_kib
+
+pytestmark = pytest.mark.asyncio
+
+LARGE = 50 * MB
+# A proxy that held a 50 MB body would grow by at least that much; streaming needs a few socket buffers.
+RSS_GROWTH_LIMIT_KIB = 24 * 1024
+
+
+async def hashing_upload(request: web.Request, record: Recorded) -> web.StreamResponse:
+    """Hash the request body as it streams in; answer `<length> <sha256>`."""
+    digest = hashlib.sha256()
+    size = 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        digest.update(chunk)
+        size += len(chunk)
+    return web.Response(text=f"{size} {digest.hexdigest()}")
+
+
+def download_handler(total: int, chunked: bool) -> Handler:
+    """A route streaming `total` deterministic bytes with Content-Length or chunked coding."""
+
+    async def handler(request: web.Request, record: Recorded) -> web.StreamResponse:
+        response = web.StreamResponse()
+        if chunked:
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = total
+        await response.prepare(request)
+        for piece in blocks(total, seed=7):
+            await response.write(piece)
+        await response.write_eof()
+        return response
+
+    return handler
+
+
+async def test_request_body_with_content_length(proxy: ProxyProcess, raw_origin_factory: RawOriginFactory) -> None:
+    """A Content-Length request body reaches the origin with the same Content-Length and every byte."""
+    origin = await raw_origin_factory()
+    body = payload(3 * MB + 17, seed=3)
+
+    def call() -> tuple[int, bytes]:
+        with requests_session(proxy.url) as session:
+            resp = session.put(origin.url("/cl"), data=body, timeout=30)
+            return resp.status_code, resp.content
+
+    status, content = await asyncio.to_thread(call)
+    assert (status, content) == (200, b"ok /cl")
+    [request] = origin.requests
+    assert request.values(b"content-length") == [str(len(body)).encode()]
+    assert request.values(b"transfer-encoding") == []
+    assert request.body == body
+    request.assert_proxied()
+
+
+async def test_request_body_chunked(proxy: ProxyProcess, raw_origin_factory: RawOriginFactory) -> None:
+    """A chunked request body (requests with a generator) reaches the origin chunked, every byte in order."""
+    origin = await raw_origin_factory()
+    pieces = [b"a", b"", b"bc" * 1000, payload(300_000, seed=4), b"\r\n0\r\n\r\n", b"end"]
+
+    def gen() -> Iterator[bytes]:
+        yield from pieces
+
+    def call() -> tuple[int, bytes]:
+        with requests_session(proxy.url) as session:
+            resp = session.post(origin.url("/chunked"), data=gen(), timeout=30)
+            return resp.status_code, resp.content
+
+    status, content = await asyncio.to_thread(call)
+    assert (status, content) == (200, b"ok /chunked")
+    [request] = origin.requests
+    assert request.chunked
+    assert request.values(b"content-length") == []
+    assert request.body == b"".join(pieces)
+    request.assert_proxied()
+
+
+CHUNKS = [b"first", b"x" * 70_000, b"\r\n", b"0\r\n\r\n", b"last"]
+
+
+async def chunked_origin(conn: RawConn) -> None:
+    """Answers each request with a chunked body of odd chunk sizes (including bytes that look like framing)."""
+    while (request := await conn.read_request()) is not None:
+        body = b"".join(b"%x\r\n%b\r\n" % (len(c), c) for c in CHUNKS) + b"0\r\n\r\n"
+        await conn.send(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Target: %b\r\n\r\n%b" % (request.target, body)
+        )
+
+
+async def test_chunked_response_to_http11_client(proxy: ProxyProcess, raw_origin_factory: RawOriginFactory) -> None:
+    """A chunked response reaches an HTTP/1.1 client chunked, byte for byte, framed exactly: the next request on
+    the same client connection is answered normally."""
+    origin = await raw_origin_factory(chunked_origin)
+    reader, writer = await http.open_raw(proxy.port)
+    for path in (b"/one", b"/two"):
+        writer.write(b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url(path.decode()).encode())
+        response = await http.read_response(reader)
+        assert response.status == 200
+        assert response.chunked
+        assert response.body == b"".join(CHUNKS)
+        assert response.header(b"x-target") == path
+    await http.close_writer(writer)
+    assert len(origin.conns) == 1
+    for request in origin.requests:
+        request.assert_proxied()
+
+
+async def test_chunked_response_to_http10_client(proxy: ProxyProcess, raw_origin_factory: RawOriginFactory) -> None:
+    """An HTTP/1.0 client never sees chunked coding: the body arrives decoded and delimited by the close."""
+    origin = await raw_origin_factory(chunked_origin)
+    reader, writer = await http.open_raw(proxy.port)
+    writer.write(b"GET %b HTTP/1.0\r\n\r\n" % origin.url("/old").encode())
+    response = await http.read_response(reader)
+    await http.close_writer(writer)
+    assert response.status == 200
+    assert response.header(b"transfer-encoding") is None
+    assert response.header(b"content-length") is None
+    assert response.body == b"".join(CHUNKS)
+    origin.requests[0].assert_proxied()
+
+
+@pytest.mark.parametrize("status_line", [b"HTTP/1.1 200 OK", b"HTTP/1.0 200 OK"])
+async def test_read_until_close_response(
+    proxy: ProxyProcess, raw_origin_factory: RawOriginFactory, status_line: bytes
+) -> None:
+    """A response without Content-Length or chunked coding (body ends when the origin closes) reaches the client
+    complete, and the client connection is closed after it, as that is the only way to delimit it."""
+    body = payload(2 * MB + 3, seed=5)
+
+    async def respond(conn: RawConn) -> None:
+        assert await conn.read_request() is not None
+        await conn.send(b"%b\r\nContent-Type: application/octet-stream\r\n\r\n" % status_line)
+        for offset in range(0, len(body), 100_000):
+            await conn.send(body[offset : offset + 100_000])
+        conn.writer.close()
+
+    origin = await raw_origin_factory(respond)
+    reader, writer = await http.open_raw(proxy.port)
+    writer.write(b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/eof").encode())
+    response = await http.read_response(reader)
+    assert response.status == 200
+    assert response.header(b"connection") == b"close"
+    assert hashlib.sha256(response.body).digest() == hashlib.sha256(body).digest()
+    await http.close_writer(writer)
+    origin.requests[0].assert_proxied()
+
+    curl_origin = await raw_origin_factory(respond)
+    result = await curl("-o", "-", curl_origin.url("/eof-curl"), proxy=proxy.url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == body
+    curl_origin.requests[0].assert_proxied()
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_large_upload_is_streamed(proxy: ProxyProcess, origin: Origin, framing: str) -> None:
+    """A 50 MB upload reaches the origin intact (sha256) while the proxy's peak memory grows far less than the body
+    size."""
+    big_proxy = proxy
+    origin.route("/upload", hashing_upload)
+    before = peak_rss_kib(big_proxy.pid)
+    headers = {"Content-Length": str(LARGE)} if framing == "content-length" else {}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(origin.url("/upload"), data=ablocks(LARGE, seed=9), headers=headers, proxy=big_proxy.url) as resp,
+    ):
+        text = await resp.text()
+    assert resp.status == 200
+    assert text == f"{LARGE} {sha256_of(LARGE, seed=9)}"
+    [record] = origin.requests
+    record.assert_proxied()
+    if framing == "content-length":
+        assert record.header("Content-Length") == str(LARGE)
+    else:
+        assert record.header("Transfer-Encoding") == "chunked"
+    growth = peak_rss_kib(big_proxy.pid) - before
+    assert growth < RSS_GROWTH_LIMIT_KIB, f"proxy peak RSS grew by {growth} KiB during a 50 MB upload"
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_large_download_is_streamed(proxy: ProxyProcess, origin: Origin, framing: str) -> None:
+    """A 50 MB download reaches the client intact (sha256, read as it streams) while the proxy's peak memory grows
+    far less than the body size."""
+    big_proxy = proxy
+    origin.route("/download", download_handler(LARGE, framing == "chunked"))
+    before = peak_rss_kib(big_proxy.pid)
+    digest = hashlib.sha256()
+    size = 0
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(origin.url("/download"), proxy=big_proxy.url) as resp,
+    ):
+        assert resp.status == 200
+        if framing == "content-length":
+            assert resp.headers["Content-Length"] == str(LARGE)
+        else:
+            assert resp.headers["Transfer-Encoding"] == "chunked"
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            digest.update(chunk)
+            size += len(chunk)
+    assert size == LARGE
+    assert digest.hexdigest() == sha256_of(LARGE, seed=7)
+    origin.requests[0].assert_proxied()
+    growth = peak_rss_kib(big_proxy.pid) - before
+    assert growth < RSS_GROWTH_LIMIT_KIB, f"proxy peak RSS grew by {growth} KiB during a 50 MB download"
+
+
+async def test_streaming_response_reaches_client_before_it_ends(proxy: ProxyProcess, origin: Origin) -> None:
+    """The first chunk of a response reaches the client while the origin has not yet sent the last one (the
+    origin blocks until the client has seen the first chunk)."""
+    client_saw_first = asyncio.Event()
+
+    async def stream(request: web.Request, record: Recorded) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(b"first-chunk;")
+        await asyncio.wait_for(client_saw_first.wait(), 10)
+        await response.write(b"last-chunk")
+        await response.write_eof()
+        return response
+
+    origin.route("/stream", stream)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(origin.url("/stream"), proxy=proxy.url) as resp,
+    ):
+        assert resp.status == 200
+        first = await asyncio.wait_for(resp.content.readuntil(b";"), 5)
+        assert first == b"first-chunk;"
+        client_saw_first.set()
+        rest = await asyncio.wait_for(resp.read(), 5)
+    assert rest == b"last-chunk"
+    origin.requests[0].assert_proxied()
+
+
+async def test_streaming_request_reaches_origin_before_it_ends(proxy: ProxyProcess, origin: Origin) -> None:
+    """The first chunk of a request body reaches the origin while the client has not yet sent the last one."""
+    origin_saw_first = asyncio.Event()
+
+    async def consume(request: web.Request, record: Recorded) -> web.StreamResponse:
+        first = await request.content.readuntil(b";")
+        origin_saw_first.set()
+        rest = await request.content.read()
+        return web.Response(text=(first + rest).decode())
+
+    origin.route("/upload-stream", consume)
+    reader, writer = await http.open_raw(proxy.port)
+    writer.write(
+        b"POST %b HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nc\r\nfirst-chunk;\r\n"
+        % origin.url("/upload-stream").encode()
+    )
+    await writer.drain()
+    await asyncio.wait_for(origin_saw_first.wait(), 5)
+    writer.write(b"a\r\nlast-chunk\r\n0\r\n\r\n")
+    response = await http.read_response(reader)
+    await http.close_writer(writer)
+    assert response.status == 200
+    assert response.body == b"first-chunk;last-chunk"
+    origin.requests[0].assert_proxied()
+
+
+BACKPRESSURE_WINDOW = 1.5  # seconds a stalled side is watched; a buffering proxy lets 50 MB through far sooner
+
+
+async def test_slow_client_applies_backpressure_to_the_origin(
+    proxy: ProxyProcess, raw_origin_factory: RawOriginFactory
+) -> None:
+    """A client that does not read stalls the origin (the proxy stops reading it instead of buffering): a 50 MB
+    response cannot be written completely while the client reads nothing; once the client reads, every byte
+    arrives intact."""
+    origin_done = asyncio.Event()
+
+    async def send_large(conn: RawConn) -> None:
+        assert await conn.read_request() is not None
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % LARGE)
+        for piece in blocks(LARGE, seed=13):
+            await conn.send(piece)
+        origin_done.set()
+
+    origin = await raw_origin_factory(send_large)
+    before = peak_rss_kib(proxy.pid)
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        writer.write(b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/large").encode())
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(origin_done.wait(), BACKPRESSURE_WINDOW)
+        head = await http.read_head(reader)
+        assert head.startswith(b"HTTP/1.1 200")
+        digest, size = hashlib.sha256(), 0
+        while size < LARGE:
+            chunk = await asyncio.wait_for(reader.read(1 << 20), http.TIMEOUT)
+            assert chunk
+            digest.update(chunk)
+            size += len(chunk)
+    finally:
+        await http.close_writer(writer)
+    assert size == LARGE
+    assert digest.hexdigest() == sha256_of(LARGE, seed=13)
+    await asyncio.wait_for(origin_done.wait(), http.TIMEOUT)
+    assert peak_rss_kib(proxy.pid) - before < RSS_GROWTH_LIMIT_KIB
+    origin.requests[0].assert_proxied()
+
+
+async def test_slow_origin_applies_backpressure_to_the_client(
+    proxy: ProxyProcess, raw_origin_factory: RawOriginFactory
+) -> None:
+    """An origin that does not read its request body stalls the client's upload; once the origin reads, the whole
+    50 MB arrives intact."""
+    start_reading = asyncio.Event()
+
+    async def read_late(conn: RawConn) -> None:
+        request = await conn.read_head()
+        assert request is not None
+        await start_reading.wait()
+        digest, size = hashlib.sha256(), 0
+        while size < LARGE:
+            chunk = await conn.read_some()
+            digest.update(chunk)
+            size += len(chunk)
+        await conn.send(ok_response(b"%d %s" % (size, digest.hexdigest().encode())))
+
+    origin = await raw_origin_factory(read_late)
+    before = peak_rss_kib(proxy.pid)
+    reader, writer = await http.open_raw(proxy.port)
+    client_done = asyncio.Event()
+
+    async def upload() -> None:
+        writer.write(b"POST %b HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % (origin.url("/up").encode(), LARGE))
+        for piece in blocks(LARGE, seed=14):
+            writer.write(piece)
+            await writer.drain()
+        client_done.set()
+
+    uploading = asyncio.ensure_future(upload())
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(client_done.wait()), BACKPRESSURE_WINDOW)
+        start_reading.set()
+        await asyncio.wait_for(uploading, 30)
+        response = await http.read_response(reader, timeout=30)
+    finally:
+        start_reading.set()
+        uploading.cancel()
+        await http.close_writer(writer)
+    assert response.body == b"%d %s" % (LARGE, sha256_of(LARGE, seed=14).encode())
+    assert peak_rss_kib(proxy.pid) - before < RSS_GROWTH_LIMIT_KIB
+    origin.requests[0].assert_proxied()
+
+
+async def test_response_trailers_pass_through(proxy: ProxyProcess, raw_origin_factory: RawOriginFactory) -> None:
+    """A chunked response with trailer fields reaches the client with its body and its trailers intact (the
+    proxy relays the chunked framing as the origin wrote it), and the connection carries the next request."""
+
+    async def with_trailers(conn: RawConn) -> None:
+        while (request := await conn.read_request()) is not None:
+            if request.target == b"/trailers":
+                await conn.send(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
+                    b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc\r\nX-Other: 1\r\n\r\n"
+                )
+            else:
+                await conn.send(ok_response(b"ok " + request.target))
+
+    origin = await raw_origin_factory(with_trailers)
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        writer.write(b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/trailers").encode())
+        response = await http.read_response(reader)
+        writer.write(b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/after").encode())
+        following = await http.read_response(reader)
+    finally:
+        await http.close_writer(writer)
+    assert response.body == b"hello world"
+    assert response.header(b"trailer") == b"X-Checksum"
+    assert response.trailers == [b"X-Checksum: abc", b"X-Other: 1"]
+    assert following.body == b"ok /after"
+    for request in origin.requests:
+        request.assert_proxied()
+
+
+async def test_request_trailers_never_become_headers(proxy: ProxyProcess, raw_origin: RawOrigin) -> None:
+    """Trailer fields of a chunked request body are dropped: the origin gets the body, and neither that request
+    nor the next one on the connection carries the trailer fields as headers."""
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        writer.write(
+            b"POST %b HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\nX-Trailer-Injected: 1\r\nHost: evil.example\r\n\r\n" % raw_origin.url("/tr").encode()
+        )
+        first = await http.read_response(reader)
+        writer.write(b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % raw_origin.url("/next").encode())
+        second = await http.read_response(reader)
+    finally:
+        await http.close_writer(writer)
+    assert (first.body, second.body) == (b"ok /tr", b"ok /next")
+    posted, following = raw_origin.requests
+    assert posted.body == b"hello"
+    for request in (posted, following):
+        assert request.values(b"x-trailer-injected") == []
+        assert request.values(b"host") == [raw_origin.authority]
+        request.assert_proxied()
+
+
+async def test_response_head_arriving_in_small_pieces(
+    proxy: ProxyProcess, raw_origin_factory: RawOriginFactory
+) -> None:
+    """A response head (after an interim 103) written a few bytes at a time is reassembled exactly."""
+    answer = (
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nX-One: 1\r\nX-Two: two words\r\nContent-Length: 5\r\n\r\nhello"
+    )
+
+    async def dribble(conn: RawConn) -> None:
+        assert await conn.read_request() is not None
+        for offset in range(0, len(answer), 3):
+            await conn.send(answer[offset : offset + 3])
+
+    origin = await raw_origin_factory(dribble)
+    response = await http.exchange(proxy.port, b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/d").encode())
+    assert response.status == 200
+    assert response.headers == [(b"X-One", b"1"), (b"X-Two", b"two words"), (b"Content-Length", b"5")]
+    assert response.body == b"hello"
+    assert response.interim == [b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"]
+    origin.requests[0].assert_proxied()
+
+
+async def test_client_abort_mid_download_does_not_poison_the_pool(
+    proxy: ProxyProcess, raw_origin_factory: RawOriginFactory
+) -> None:
+    """A client that hangs up in the middle of a large response: the rest of that response is never delivered
+    to anyone; the next client gets its own, correct answer."""
+
+    async def large_or_small(conn: RawConn) -> None:
+        while (request := await conn.read_request()) is not None:
+            if request.target == b"/large":
+                await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (20 * MB))
+                for piece in blocks(20 * MB, seed=15):
+                    await conn.send(piece)
+            else:
+                await conn.send(ok_response(b"ok " + request.target))
+
+    origin = await raw_origin_factory(large_or_small)
+    reader, writer = await http.open_raw(proxy.port)
+    writer.write(b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/large").encode())
+    await http.read_head(reader)
+    await asyncio.wait_for(reader.readexactly(100_000), http.TIMEOUT)
+    writer.transport.abort()
+    for i in range(3):
+        response = await http.exchange(
+            proxy.port, b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url(f"/s{i}").encode()
+        )
+        assert (response.status, response.body) == (200, b"ok /s%d" % i)
+    for request in origin.requests:
+        request.assert_proxied()

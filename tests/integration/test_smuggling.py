@@ -1,0 +1,182 @@
+"""Request smuggling and strict parsing: every ambiguous or malformed request head is refused with 400 and not one
+byte of it reaches the origin (a raw origin records every byte it receives, and a sentinel request sent afterwards
+must be the only thing it ever saw). Response-side: an origin cannot make the proxy deliver a second response."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import http
+from tests.helpers.origin import RawConn, RawOrigin, RawOriginFactory, ok_response
+from tests.helpers.proxy_process import ProxyProcess
+
+pytestmark = pytest.mark.asyncio
+
+# `{U}` is replaced by the raw origin's absolute URL (http://127.0.0.1:PORT/smuggle), `{A}` by its authority.
+CASES: dict[str, bytes] = {
+    "cl-and-te": b"POST {U} HTTP/1.1\r\nHost: h\r\nContent-Length: 13\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"0\r\n\r\nSMUGGLED",
+    "te-and-cl": b"POST {U} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 13\r\n\r\n"
+    b"0\r\n\r\nSMUGGLED",
+    "two-different-cl": b"POST {U} HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    "cl-list": b"POST {U} HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5\r\n\r\nhello",
+    "cl-plus": b"POST {U} HTTP/1.1\r\nHost: h\r\nContent-Length: +5\r\n\r\nhello",
+    "cl-negative": b"POST {U} HTTP/1.1\r\nHost: h\r\nContent-Length: -5\r\n\r\nhello",
+    "cl-hex": b"POST {U} HTTP/1.1\r\nHost: h\r\nContent-Length: 0x5\r\n\r\nhello",
+    "obs-fold": b"GET {U} HTTP/1.1\r\nHost: h\r\nX-Folded: first\r\n second\r\n\r\n",
+    "obs-fold-tab": b"GET {U} HTTP/1.1\r\nHost: h\r\nX-Folded: first\r\n\tsecond\r\n\r\n",
+    "bare-cr-in-value": b"GET {U} HTTP/1.1\r\nHost: h\r\nX-Cr: a\rb\r\n\r\n",
+    "nul-in-value": b"GET {U} HTTP/1.1\r\nHost: h\r\nX-Nul: a\x00b\r\n\r\n",
+    "ctl-in-value": b"GET {U} HTTP/1.1\r\nHost: h\r\nX-Ctl: a\x01b\r\n\r\n",
+    "bare-lf-everywhere": b"GET {U} HTTP/1.1\nHost: h\n\n",
+    "bare-lf-in-headers": b"GET {U} HTTP/1.1\r\nHost: h\nX-A: 1\r\n\r\n",
+    "te-on-http10": b"POST {U} HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "te-gzip": b"POST {U} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\nhello",
+    "te-identity": b"POST {U} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: identity\r\n\r\nhello",
+    "te-chunked-then-gzip": b"POST {U} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\nhello",
+    "http-2.0": b"GET {U} HTTP/2.0\r\nHost: h\r\n\r\n",
+    "http-1.2": b"GET {U} HTTP/1.2\r\nHost: h\r\n\r\n",
+    "http-0.9-style": b"GET {U}\r\n\r\n",
+    "port-too-big": b"GET http://127.0.0.1:99999/smuggle HTTP/1.1\r\nHost: h\r\n\r\n",
+    "port-zero": b"GET http://127.0.0.1:0/smuggle HTTP/1.1\r\nHost: h\r\n\r\n",
+    "port-not-digits": b"GET http://{A}x/smuggle HTTP/1.1\r\nHost: h\r\n\r\n",
+    "userinfo-in-url": b"GET http://user:pw@{A}/smuggle HTTP/1.1\r\nHost: h\r\n\r\n",
+    "missing-host-11": b"GET {U} HTTP/1.1\r\nX-A: 1\r\n\r\n",
+    "two-hosts": b"GET {U} HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+    "space-before-colon": b"GET {U} HTTP/1.1\r\nHost : h\r\n\r\n",
+    "space-before-colon-cl": b"POST {U} HTTP/1.1\r\nHost: h\r\nContent-Length : 5\r\n\r\nhello",
+    "space-in-name": b"GET {U} HTTP/1.1\r\nHost: h\r\nX Bad: 1\r\n\r\n",
+}
+
+
+def render(template: bytes, origin: RawOrigin) -> bytes:
+    return template.replace(b"{U}", origin.url("/smuggle").encode()).replace(b"{A}", origin.authority)
+
+
+async def assert_origin_saw_only_a_sentinel(proxy: ProxyProcess, origin: RawOrigin) -> None:
+    """After the refused request's connection closed, a sentinel request on a new connection is the only request,
+    and the only bytes, the origin ever received."""
+    sentinel = b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/sentinel").encode()
+    response = await http.exchange(proxy.port, sentinel)
+    assert (response.status, response.body) == (200, b"ok /sentinel")
+    assert [r.target for r in origin.requests] == [b"/sentinel"]
+    assert len(origin.conns) == 1
+    assert origin.received == origin.requests[0].head
+    assert origin.framing_errors == []
+    origin.requests[0].assert_proxied()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_ambiguous_request_is_400_and_never_forwarded(
+    proxy: ProxyProcess, raw_origin: RawOrigin, case: str
+) -> None:
+    """Each ambiguous or malformed request gets 400 with a plain-text cause, the connection is closed, and the
+    origin receives nothing of it."""
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        writer.write(render(CASES[case], raw_origin))
+        await writer.drain()
+        response = await http.read_response(reader)
+        assert response.status == 400, response
+        assert (response.header(b"content-type") or b"").startswith(b"text/plain")
+        assert response.body.strip(), "the 400 must say why"
+        await http.expect_eof(reader)
+    finally:
+        await http.close_writer(writer)
+    await assert_origin_saw_only_a_sentinel(proxy, raw_origin)
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST {U} HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST {U} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"POST {U} HTTP/1.1\r\nHost: h\r\ncontent-length:5\r\n\r\nhello",
+        b"POST {U} HTTP/1.1\r\nHost: h\r\nContent-Length:  5 \r\n\r\nhello",
+        b"POST {U} HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello",
+    ],
+    ids=["content-length", "chunked", "no-space", "ows-around-value", "http10"],
+)
+async def test_unambiguous_framing_is_accepted(
+    proxy: ProxyProcess, raw_origin: RawOrigin, request_bytes: bytes
+) -> None:
+    """The controls: the same requests framed unambiguously are forwarded with their exact body (so the refusals
+    above are about ambiguity, not about the harness)."""
+    response = await http.exchange(proxy.port, render(request_bytes, raw_origin) + b"")
+    assert (response.status, response.body) == (200, b"ok /smuggle")
+    [request] = raw_origin.requests
+    assert request.body == b"hello"
+    request.assert_proxied()
+
+
+async def test_malformed_request_pipelined_behind_a_valid_one(proxy: ProxyProcess, raw_origin: RawOrigin) -> None:
+    """A valid request followed in the same segment by an ambiguous one: the first is answered, the second gets
+    400 after it, the connection closes, and only the first reached the origin."""
+    valid = b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % raw_origin.url("/first").encode()
+    smuggled = render(CASES["two-different-cl"], raw_origin)
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        writer.write(valid + smuggled)
+        first = await http.read_response(reader)
+        second = await http.read_response(reader)
+        await http.expect_eof(reader)
+    finally:
+        await http.close_writer(writer)
+    assert (first.status, first.body) == (200, b"ok /first")
+    assert second.status == 400
+    assert [r.target for r in raw_origin.requests] == [b"/first"]
+    raw_origin.requests[0].assert_proxied()
+
+
+async def test_chunked_body_cannot_hide_a_request(proxy: ProxyProcess, raw_origin: RawOrigin) -> None:
+    """A request smuggled inside a chunked body stays body: the origin gets one request whose body contains it,
+    re-framed by the proxy, and the client gets exactly one response."""
+    inner = b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n"
+    data = b"POST %b HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%b\r\n0\r\n\r\n" % (
+        raw_origin.url("/outer").encode(),
+        len(inner),
+        inner,
+    )
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        writer.write(data)
+        response = await http.read_response(reader)
+        writer.write(b"GET %b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n" % raw_origin.url("/next").encode())
+        following = await http.read_response(reader)
+    finally:
+        await http.close_writer(writer)
+    assert response.body == b"ok /outer"
+    assert following.body == b"ok /next"
+    assert [r.target for r in raw_origin.requests] == [b"/outer", b"/next"]
+    assert raw_origin.requests[0].body == inner
+    for request in raw_origin.requests:
+        request.assert_proxied()
+
+
+async def test_origin_cannot_inject_a_second_response(
+    proxy: ProxyProcess, raw_origin_factory: RawOriginFactory
+) -> None:
+    """Bytes an origin sends after a complete response (here, a whole extra response) never reach the client as
+    the answer to its next request: that request gets the origin's real answer."""
+
+    async def injecting(conn: RawConn) -> None:
+        while (request := await conn.read_request()) is not None:
+            if request.target == b"/inject":
+                await conn.send(ok_response(b"ok") + b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED")
+            else:
+                await conn.send(ok_response(b"ok " + request.target))
+
+    origin = await raw_origin_factory(injecting)
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        writer.write(b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/inject").encode())
+        first = await http.read_response(reader)
+        await origin.wait_for_requests(1)
+        writer.write(b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/real").encode())
+        second = await http.read_response(reader)
+    finally:
+        await http.close_writer(writer)
+    assert first.body == b"ok"
+    assert second.body == b"ok /real"
+    for request in origin.requests:
+        request.assert_proxied()
