@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from proxy.server.forward import Exchange
+    from proxy.tracing import TraceSource
 
 
 class Stats:
@@ -16,17 +17,19 @@ class Stats:
     def __init__(self) -> None:
         self.requests = 0
         self.tunnels = 0
-        self.by_source: dict[str, int] = {}
+        self.by_source: dict[TraceSource, int] = {}
         self.by_status: dict[int, int] = {}
         self.rejected_by_status: dict[int, int] = {}
 
     def exchange_done(self, exchange: Exchange) -> None:
         """A proxied request ended (answered, failed or cut off)."""
         self.requests += 1
-        source = exchange.plan.decision.source.value
-        self.by_source[source] = self.by_source.get(source, 0) + 1
+        by_source = self.by_source
+        source = exchange.plan.decision.source
+        by_source[source] = by_source.get(source, 0) + 1
+        by_status = self.by_status
         status = exchange.status
-        self.by_status[status] = self.by_status.get(status, 0) + 1
+        by_status[status] = by_status.get(status, 0) + 1
 
     def rejected(self, status: int) -> None:
         """A request the proxy answered itself without forwarding it."""
@@ -39,7 +42,7 @@ class Stats:
         return {
             "requests": self.requests,
             "tunnels": self.tunnels,
-            "by_source": dict(self.by_source),
+            "by_source": {k.value: v for k, v in self.by_source.items()},
             "by_status": {str(k): v for k, v in self.by_status.items()},
             "rejected_by_status": {str(k): v for k, v in self.rejected_by_status.items()},
         }

@@ -100,11 +100,11 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.last_active = self._now()
+        self.last_active = self._pool.coarse_now
         self._server.connection_opened(self)
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = self._now()
+        self.last_active = self._pool.coarse_now
         if self._discarding:
             return
         if self._tunnel_buf is not None:
@@ -318,7 +318,7 @@ class ClientConnection(asyncio.Protocol):
     def _attach(self, exchange: Exchange, up: UpstreamConnection) -> None:
         exchange.upstream = up
         up.bind(self, exchange)
-        up.last_active = self._now()
+        up.last_active = self._pool.coarse_now
         pending = exchange.pending
         if pending:
             up.transport.write(b"".join([exchange.plan.head, *pending]))

@@ -203,11 +203,13 @@ def plan_request(
     upgrade: bool,
     headers: Sequence[tuple[bytes, bytes]],
     policy: RequestPolicy,
+    dropped: frozenset[bytes] = frozenset(),
 ) -> RequestPlan:
     """Validate an absolute-form request and write the head the origin receives.
 
     The origin gets an HTTP/1.1 request in origin form with `Host` set from the target (RFC 9112 §3.2.2), no
     hop-by-hop header, the body framing the proxy will write, and the trace headers the propagator decided.
+    `dropped`: the field names the request's Connection header named (found on a first pass; rare).
     """
     if target[:7].lower() == b"http://":
         start = 7
@@ -237,30 +239,11 @@ def plan_request(
         if len(policy.authorities) >= 4096:
             policy.authorities.clear()
         policy.authorities[authority] = known
-    host, port = known
     url = target.decode("latin-1")
-    matches = policy.propagator.matches(url)
-    return _write_request(
-        method, path, host, port, authority, url, http11, keep_alive, upgrade, headers, policy, matches, ()
-    )
+    propagator = policy.propagator
+    matches = propagator.matches(url)
 
-
-def _write_request(
-    method: bytes,
-    path: bytes,
-    host: str,
-    port: int,
-    host_header: bytes,
-    url: str,
-    http11: bool,
-    keep_alive: bool,
-    upgrade: bool,
-    headers: Sequence[tuple[bytes, bytes]],
-    policy: RequestPolicy,
-    matches: bool,
-    extra_drop: tuple[bytes, ...],
-) -> RequestPlan:
-    parts: list[bytes] = [method, b" ", path, b" HTTP/1.1\r\nHost: ", host_header, b"\r\n"]
+    parts: list[bytes] = [method, b" ", path, b" HTTP/1.1\r\nHost: ", authority, b"\r\n"]
     append = parts.append
     trace_names = policy.trace_names if matches else _EMPTY
     carrier: dict[str, list[str]] = {}
@@ -275,24 +258,18 @@ def _write_request(
             if lname == b"content-length":
                 if value != b"0":
                     body = Framing.LENGTH
-                append(name)
-                append(b": ")
-                append(value)
-                append(b"\r\n")
+                parts += (name, b": ", value, b"\r\n")
             elif lname == b"transfer-encoding":
                 if not http11:
                     raise RequestRejected(400, "Transfer-Encoding is not allowed in an HTTP/1.0 request")
-                # llhttp accepts only codings ending in `chunked` here; the proxy re-chunks, the rest is kept.
+                # The proxy re-chunks the body; the codings before `chunked` are kept.
                 body = Framing.CHUNKED
                 te_value = te_value + b", " + value if te_value else value
             elif lname == b"host":
                 hosts += 1
             elif lname == b"expect":
                 if http11:
-                    append(name)
-                    append(b": ")
-                    append(value)
-                    append(b"\r\n")
+                    parts += (name, b": ", value, b"\r\n")
             elif lname == b"connection" or lname == b"proxy-connection":
                 named.extend(t for t in _connection_tokens(value) if t not in _CONNECTION_OPTIONS)
             elif lname == b"upgrade":
@@ -301,73 +278,35 @@ def _write_request(
         if lname in trace_names:
             carrier.setdefault(lname.decode("ascii"), []).append(value.decode("latin-1"))
             continue
-        if extra_drop and lname in extra_drop:
+        if dropped and lname in dropped:
             continue
-        append(name)
-        append(b": ")
-        append(value)
-        append(b"\r\n")
-    if named and not extra_drop:
-        # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1); rare, so a second pass.
-        return _write_request(
-            method,
-            path,
-            host,
-            port,
-            host_header,
-            url,
-            http11,
-            keep_alive,
-            upgrade,
-            headers,
-            policy,
-            matches,
-            tuple(named),
-        )
-    if hosts > 1:
-        raise RequestRejected(400, "more than one Host header")
-    if hosts == 0 and http11:
-        raise RequestRejected(400, "HTTP/1.1 request without a Host header")
+        parts += (name, b": ", value, b"\r\n")
+    if named and not dropped:
+        # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1): plan again without them.
+        return plan_request(method, target, http11, keep_alive, upgrade, headers, policy, frozenset(named))
+    if hosts != 1 and (hosts > 1 or http11):
+        raise RequestRejected(400, "more than one Host header" if hosts else "HTTP/1.1 request without a Host header")
     if body is Framing.CHUNKED:
         if te_value.rsplit(b",", 1)[-1].strip().lower() != b"chunked":
             # llhttp reports this only after the head is complete, i.e. after it was planned: refuse it here.
             raise RequestRejected(400, "Transfer-Encoding of a request must end in chunked (RFC 9112 §6.3)")
-        append(b"Transfer-Encoding: ")
-        append(te_value)
-        append(b"\r\n")
+        parts += (b"Transfer-Encoding: ", te_value, b"\r\n")
     if upgrade and upgrade_value:
-        append(b"Connection: Upgrade\r\nUpgrade: ")
-        append(upgrade_value)
-        append(b"\r\n")
+        parts += (b"Connection: Upgrade\r\nUpgrade: ", upgrade_value, b"\r\n")
     else:
         upgrade = False
     if matches:
-        decision = policy.propagator.decide(url, carrier)
-        append(b"sentry-trace: ")
-        append(decision.sentry_trace.encode("ascii"))  # type: ignore[union-attr]
-        append(b"\r\n")
+        decision = propagator.decide(url, carrier)
+        parts += (b"sentry-trace: ", decision.sentry_trace.encode(), b"\r\n")  # type: ignore[union-attr]
         if decision.baggage:
-            append(b"baggage: ")
-            append(decision.baggage.encode("latin-1"))
-            append(b"\r\n")
+            parts += (b"baggage: ", decision.baggage.encode("latin-1"), b"\r\n")
         if decision.traceparent:
-            append(b"traceparent: ")
-            append(decision.traceparent.encode("ascii"))
-            append(b"\r\n")
+            parts += (b"traceparent: ", decision.traceparent.encode(), b"\r\n")
     else:
         decision = _UNTOUCHED
     append(b"\r\n")
-    return RequestPlan(
-        host=host,
-        port=port,
-        head=b"".join(parts),
-        body=body,
-        method_is_head=method == b"HEAD",
-        upgrade=upgrade,
-        keep_alive=keep_alive,
-        http11=http11,
-        decision=decision,
-    )
+    host, port = known
+    return RequestPlan(host, port, b"".join(parts), body, method == b"HEAD", upgrade, keep_alive, http11, decision)
 
 
 _EMPTY: frozenset[bytes] = frozenset()

@@ -41,6 +41,7 @@ class ForwardServer:
         self._host = host
         self._port = port
         self._idle_timeout = idle_timeout
+        self._tick = min(1.0, idle_timeout / 4)
         self._reuse_port = reuse_port
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -87,13 +88,14 @@ class ForwardServer:
             self._all_closed.set()
 
     def _schedule_sweep(self) -> None:
-        interval = min(1.0, self._idle_timeout / 4)
-        self._sweeper = self.loop.call_later(interval, self._sweep)
+        self._sweeper = self.loop.call_later(self._tick, self._sweep)
 
     def _sweep(self) -> None:
         """Close client connections idle past idle_timeout and end exchanges that stalled as long."""
         now = self.now()
-        limit = now - self._idle_timeout
+        tick = self._tick
+        self.pool.sweep(now, tick)  # first: it also refreshes the clock the connections stamp activity with
+        limit = now - self._idle_timeout - tick
         for conn in list(self.connections):
             if conn.last_active >= limit or conn.tunnel_peer is not None:
                 continue
@@ -105,7 +107,6 @@ class ForwardServer:
             if up is not None and up.last_active >= limit:
                 continue
             conn.stalled(self._idle_timeout)
-        self.pool.sweep(now)
         self._schedule_sweep()
 
     async def drain(self, grace: float) -> None:

@@ -177,7 +177,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
             return
         self.got_bytes = True
-        self.last_active = self.pool.now()
+        self.last_active = self.pool.coarse_now
         self._data = data
         in_body = self._in_body
         self._body_from = 0 if in_body else -1
@@ -402,6 +402,9 @@ class UpstreamPool:
         self._idle_timeout = idle_timeout
         self._idle: dict[Key, list[UpstreamConnection]] = {}
         self.now = loop.time
+        # Activity is stamped with this copy of the clock, refreshed by the sweeper at each tick: a stamp per read
+        # costs an attribute load instead of a call, and idle timeouts need no finer grain than the tick.
+        self.coarse_now = loop.time()
         self.max_idle_per_origin = 512
 
     def acquire(self, key: Key) -> UpstreamConnection | None:
@@ -414,7 +417,7 @@ class UpstreamPool:
         return None
 
     def release(self, conn: UpstreamConnection) -> None:
-        conn.idle_since = self.now()
+        conn.idle_since = self.coarse_now
         idle = self._idle.get(conn.key)
         if idle is None:
             idle = self._idle[conn.key] = []
@@ -451,9 +454,10 @@ class UpstreamPool:
         conn.last_active = self.now()
         return conn
 
-    def sweep(self, now: float) -> None:
-        """Close connections idle longer than idle_timeout."""
-        limit = now - self._idle_timeout
+    def sweep(self, now: float, tick: float) -> None:
+        """Close connections idle longer than idle_timeout (stamps lag the clock by up to one `tick`)."""
+        self.coarse_now = now
+        limit = now - self._idle_timeout - tick
         for key in list(self._idle):
             idle = self._idle[key]
             while idle and idle[0].idle_since < limit:
