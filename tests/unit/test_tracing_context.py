@@ -23,6 +23,7 @@ from proxy.tracing.context import (
     should_continue,
     start_trace,
 )
+from tests.unit.tracing_support import make_config
 
 T = "771a43a4192642f0b136d5159a501700"
 S = "b2c4d5e6f7a8b9c0"
@@ -34,18 +35,7 @@ flags = st.sampled_from([True, False, None])
 
 
 def config(**changes: Any) -> PropagationConfig:
-    options: dict[str, Any] = {
-        "dsn": "https://pk123@o42.ingest.sentry.io/7",
-        "environment": "production",
-        "release": "billing@1.4.2",
-        "traces_sample_rate": 1.0,
-        "trace_propagation_targets": [".*"],
-        "strict_trace_continuation": False,
-        "org_id": "",
-        "propagate_traceparent": False,
-    }
-    options.update(changes)
-    return PropagationConfig.from_options(**options)
+    return make_config(**changes)
 
 
 def incoming(baggage: str = "", sampled: bool | None = True, trace_id: str = T) -> IncomingTrace:

@@ -13,17 +13,9 @@ from hypothesis import strategies as st
 from proxy.tracing import Dsn, PropagationConfig, parse_dsn
 from proxy.tracing.options import format_sample_rate
 from proxy.tracing.targets import PropagationTargets
+from tests.unit.tracing_support import BASE_OPTIONS
 
-BASE: dict[str, Any] = {
-    "dsn": "https://pk123@o42.ingest.sentry.io/7",
-    "environment": "production",
-    "release": "billing@1.4.2",
-    "traces_sample_rate": 1.0,
-    "trace_propagation_targets": [".*"],
-    "strict_trace_continuation": False,
-    "org_id": "",
-    "propagate_traceparent": False,
-}
+BASE: dict[str, Any] = BASE_OPTIONS
 
 
 def config(**changes: Any) -> PropagationConfig:
