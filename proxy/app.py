@@ -86,9 +86,10 @@ async def _serve(settings: Settings, *, reuse_port: bool, with_admin: bool) -> i
             await server.drain(0)
             return 1
     log.info(
-        "trace-proxy listening on %s (pid %d)%s",
+        "trace-proxy listening on %s (pid %d, %s)%s",
         settings.forward.listen,
         os.getpid(),
+        type(loop).__module__.partition(".")[0],  # "uvloop": the loop the hot path was built and measured on
         f", admin on {settings.admin.listen}" if admin is not None else "",
     )
     await stop.wait()

@@ -184,3 +184,15 @@ async def test_sighup_does_not_stop_the_proxy(proxy_factory: ProxyFactory, origi
     assert "SIGHUP" in proxy.stderr
     for request in origin.requests:
         request.assert_proxied()
+
+
+async def test_own_upstream_connections_ignore_proxy_variables(proxy_factory: ProxyFactory, origin: Origin) -> None:
+    """A sidecar inherits the pod's environment, where HTTP_PROXY points at the sidecar itself (here: at a port
+    nobody listens on). The proxy's own connections to origins never follow it, and it runs on uvloop."""
+    dead = "http://127.0.0.1:9"
+    proxy = proxy_factory(env={"HTTP_PROXY": dead, "http_proxy": dead, "ALL_PROXY": dead, "all_proxy": dead})
+    async with aiohttp.ClientSession() as session, session.get(origin.url("/direct"), proxy=proxy.url) as resp:
+        assert resp.status == 200
+    assert [r.raw_path for r in origin.requests] == ["/direct"]
+    origin.requests[0].assert_proxied()
+    assert "uvloop" in proxy.stderr
