@@ -207,6 +207,17 @@ def pinned(cpus: str | None, argv: Sequence[str]) -> list[str]:
     return ["taskset", "-c", cpus, *argv] if cpus is not None else list(argv)
 
 
+def _nginx_prologue(work: Path) -> str:
+    """The part every nginx of the rig shares: one worker, foreground, its files under `work`."""
+    return f"""worker_processes 1;
+worker_rlimit_nofile 65536;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 16384; }}
+"""
+
+
 def free_port(taken: set[int]) -> int:
     while True:
         with socket.socket() as s:
@@ -463,13 +474,8 @@ class Bench:
         port = free_port(self.ports)
         conf = work / "nginx.conf"
         conf.write_text(
-            f"""worker_processes 1;
-worker_rlimit_nofile 65536;
-daemon off;
-pid {work}/nginx.pid;
-error_log {work}/error.log warn;
-events {{ worker_connections 16384; }}
-http {{
+            _nginx_prologue(work)
+            + f"""http {{
     access_log off;
     default_type application/octet-stream;
     sendfile on;
@@ -526,13 +532,8 @@ listen = ""
         port = free_port(self.ports)
         conf = work / "nginx.conf"
         conf.write_text(
-            f"""worker_processes 1;
-worker_rlimit_nofile 65536;
-daemon off;
-pid {work}/nginx.pid;
-error_log {work}/error.log warn;
-events {{ worker_connections 16384; }}
-http {{
+            _nginx_prologue(work)
+            + f"""http {{
     access_log off;
     keepalive_requests 100000000;
     keepalive_timeout 3600s;

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from proxy.tracing import Decision, PropagationConfig, Propagator, SystemIdSource, TraceSource
+from proxy.tracing import Decision, Propagator, SystemIdSource, TraceSource
+from tests.unit.tracing_support import make_config
 
 URL = "http://orders.internal:8080/v1/orders?id=3"
 TRACE_ID = "771a43a4192642f0b136d5159a501700"
@@ -26,16 +27,7 @@ CONTINUE = {
 
 @pytest.fixture
 def propagator() -> Propagator:
-    config = PropagationConfig.from_options(
-        dsn="https://49d0f7386ad645858ae85020e393bef3@o42.ingest.sentry.io/7",
-        environment="production",
-        release="billing@1.4.2",
-        traces_sample_rate=1.0,
-        trace_propagation_targets=[".*"],
-        strict_trace_continuation=False,
-        org_id="",
-        propagate_traceparent=False,
-    )
+    config = make_config(dsn="https://49d0f7386ad645858ae85020e393bef3@o42.ingest.sentry.io/7")
     return Propagator(config, SystemIdSource())
 
 
