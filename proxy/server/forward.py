@@ -289,7 +289,7 @@ class ClientConnection(asyncio.Protocol):
         self.current = exchange
         plan = exchange.plan
         key = (plan.host, plan.port)
-        if self._server.is_self(key):
+        if key in self._server.self_keys:
             self._fail(
                 exchange,
                 508,
@@ -298,10 +298,15 @@ class ClientConnection(asyncio.Protocol):
             )
             return
         up = self._pool.acquire(key)
-        if up is not None:
-            self._attach(exchange, up)
-        else:
+        if up is None:
             self._server.spawn(self._connect(exchange))
+        elif exchange.pending:
+            self._attach(exchange, up)
+        else:  # the usual case, a pooled connection and no body yet: _attach() without the call
+            exchange.upstream = up
+            up.bind(self, exchange)
+            up.last_active = self._pool.coarse_now
+            up.transport.write(plan.head)
 
     async def _connect(self, exchange: Exchange) -> None:
         plan = exchange.plan
@@ -482,7 +487,7 @@ class ClientConnection(asyncio.Protocol):
         if self.current is not None or self._queue:
             raise RequestRejected(400, "CONNECT must not be pipelined behind another request")
         host, port = plan_connect(target, self._policy.connect_ports)
-        if self._server.is_self((host, port)):
+        if (host, port) in self._server.self_keys:
             raise RequestRejected(
                 508, f"CONNECT to {host}:{port} would loop back into trace-proxy", "proxy_loop_detected"
             )

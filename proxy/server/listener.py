@@ -46,7 +46,7 @@ class ForwardServer:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.TimerHandle | None = None
-        self._self_keys: frozenset[Key] = frozenset()
+        self.self_keys: frozenset[Key] = frozenset()
         self.draining = False
         self._all_closed = asyncio.Event()
 
@@ -62,15 +62,12 @@ class ForwardServer:
         ports = {s.getsockname()[1] for s in self._server.sockets}
         self._port = ports.pop()
         names = _LOOPBACK_NAMES | {self._host, socket.gethostname()}
-        self._self_keys = frozenset((name, self._port) for name in names)
+        self.self_keys = frozenset((name, self._port) for name in names)
         self._schedule_sweep()
 
     @property
     def port(self) -> int:
         return self._port
-
-    def is_self(self, key: Key) -> bool:
-        return key in self._self_keys
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)
