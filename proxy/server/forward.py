@@ -159,9 +159,7 @@ class ClientConnection(asyncio.Protocol):
             return True
         # A client that half-closes after its request still gets the response.
         self._input_done = True
-        if self.current is None and self._tunnel_buf is None:
-            return None
-        return True
+        return None if self.current is None else True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connection_closed(self)
@@ -300,13 +298,8 @@ class ClientConnection(asyncio.Protocol):
         up = self._pool.acquire(key)
         if up is None:
             self._server.spawn(self._connect(exchange))
-        elif exchange.pending:
+        else:
             self._attach(exchange, up)
-        else:  # the usual case, a pooled connection and no body yet: _attach() without the call
-            exchange.upstream = up
-            up.bind(self, exchange)
-            up.last_active = self._pool.coarse_now
-            up.transport.write(plan.head)
 
     async def _connect(self, exchange: Exchange) -> None:
         plan = exchange.plan
@@ -334,10 +327,20 @@ class ClientConnection(asyncio.Protocol):
         else:
             up.transport.write(exchange.plan.head)
 
-    def response_complete(self, exchange: Exchange, close_client: bool) -> None:
-        """The origin's response has been written out in full."""
+    def _ended(self, exchange: Exchange) -> None:
+        """The one place an exchange ends: its end time for the span record, and the counters."""
         exchange.ended = self._now()
         self._server.stats.exchange_done(exchange)
+
+    def _drop_upstream(self, up: UpstreamConnection) -> None:
+        """Cut the origin connection of an exchange that will not complete there."""
+        up.client = None
+        up.exchange = None
+        up.transport.abort()
+
+    def response_complete(self, exchange: Exchange, close_client: bool) -> None:
+        """The origin's response has been written out in full."""
+        self._ended(exchange)
         if exchange is not self.current:
             return
         self.current = None
@@ -372,8 +375,7 @@ class ClientConnection(asyncio.Protocol):
     def response_broken(self, exchange: Exchange) -> None:
         """The response head was sent but its body cannot be completed: cut the connection so the client sees a
         truncated response, never a complete one."""
-        exchange.ended = self._now()
-        self._server.stats.exchange_done(exchange)
+        self._ended(exchange)
         self.current = None
         self.transport.abort()
 
@@ -397,8 +399,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _fail(self, exchange: Exchange, status: int, message: str, proxy_error: str) -> None:
         exchange.status = status
-        exchange.ended = self._now()
-        self._server.stats.exchange_done(exchange)
+        self._ended(exchange)
         self.current = None
         if not self.transport.is_closing():
             self.transport.write(error_response(status, message, proxy_error))
@@ -416,15 +417,12 @@ class ClientConnection(asyncio.Protocol):
                 self._queue.clear()
                 up = current.upstream
                 if up is not None:
-                    up.client = None
-                    up.exchange = None
-                    up.transport.abort()
+                    self._drop_upstream(up)
                     if up.response_started:
                         self.response_broken(current)
                         return
                 current.status = status
-                current.ended = self._now()
-                self._server.stats.exchange_done(current)
+                self._ended(current)
                 self.current = None
             else:
                 self._deferred_error = body  # after the responses to the requests before the bad one
@@ -452,13 +450,12 @@ class ClientConnection(asyncio.Protocol):
         if not self.transport.is_closing():
             self.transport.close()
 
-    def close_if_idle(self) -> bool:
-        """Close now when no request is in flight (shutdown, idle timeout); report whether it closed."""
+    def close_if_idle(self) -> None:
+        """Close now when no request is in flight (shutdown, idle timeout), else after the response in flight."""
         if self.current is None and self.tunnel_peer is None and self._tunnel_buf is None:
             self._close()
-            return True
-        self.closing_after_response = True
-        return False
+        else:
+            self.closing_after_response = True
 
     def stalled(self, timeout: float) -> None:
         """Neither side moved a byte for idle_timeout while a request was in flight."""
@@ -471,9 +468,7 @@ class ClientConnection(asyncio.Protocol):
             up.transport.abort()
             return
         if up is not None:
-            up.client = None
-            up.exchange = None
-            up.transport.abort()
+            self._drop_upstream(up)
         self._fail(
             exchange,
             504,
@@ -527,8 +522,7 @@ class ClientConnection(asyncio.Protocol):
 
     def upgraded(self, exchange: Exchange, up: UpstreamConnection) -> None:
         """The origin accepted an Upgrade: from now on both sides are relayed as bytes."""
-        exchange.ended = self._now()
-        self._server.stats.exchange_done(exchange)
+        self._ended(exchange)
         self.current = None
         self.tunnel_peer = up
         self._flush_tunnel_buf(up)

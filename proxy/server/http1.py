@@ -244,7 +244,6 @@ def plan_request(
     matches = propagator.matches(url)
 
     parts: list[bytes] = [method, b" ", path, b" HTTP/1.1\r\nHost: ", authority, b"\r\n"]
-    append = parts.append
     trace_names = policy.trace_names if matches else _EMPTY
     carrier: dict[str, list[str]] = {}
     body = Framing.NONE
@@ -304,7 +303,7 @@ def plan_request(
             parts += (b"traceparent: ", decision.traceparent.encode(), b"\r\n")
     else:
         decision = _UNTOUCHED
-    append(b"\r\n")
+    parts.append(b"\r\n")
     host, port = known
     return RequestPlan(host, port, b"".join(parts), body, method == b"HEAD", upgrade, keep_alive, http11, decision)
 
@@ -396,22 +395,13 @@ def plan_response(
             content_length = int(value)
         else:
             framing = Framing.CLOSE
-    parts = [head]
     no_body = request_is_head or status in (204, 304) or status < 200
-    dechunk = False
-    close = force_close or not client_keep_alive
-    if no_body:
-        if te_value:
-            parts.append(b"Transfer-Encoding: %s\r\n" % te_value)
-    elif framing is Framing.CHUNKED:
-        if client_http11:
-            parts.append(b"Transfer-Encoding: %s\r\n" % te_value)
-        else:
-            dechunk = close = True
-    elif framing is Framing.CLOSE:
-        if te_value:
-            parts.append(b"Transfer-Encoding: %s\r\n" % te_value)
-        close = True
+    # A chunked body for an HTTP/1.0 client is decoded and ends with the connection; a close-delimited one too.
+    dechunk = not no_body and framing is Framing.CHUNKED and not client_http11
+    close = force_close or not client_keep_alive or (not no_body and framing is Framing.CLOSE) or dechunk
+    parts = [head]
+    if te_value and not dechunk:
+        parts.append(b"Transfer-Encoding: %s\r\n" % te_value)
     if status < 200:
         parts.append(b"\r\n")
         return ResponsePlan(b"".join(parts), Framing.NONE, 0, False, False)

@@ -137,12 +137,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.client = client
         self.exchange = exchange
         self.got_bytes = False
-        # _reset_state(), inlined: this runs for every request.
-        self._head_buf = self._data = b""
-        self._head_start = self._remaining = 0
-        self._body_from = -1
-        self._plan = None
-        self.complete = self.dechunk = self._garbage = self._in_body = self._keep_alive = self._reset_parser = False
+        self._reset_state()
         if not exchange.plan.http11:
             self.parser = HttpResponseParser(_Dechunker(self))
         elif self.parser is not self._plain_parser:
@@ -303,15 +298,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         if self.complete:
             return
-        if self._head_buf or self._head_start:
-            head = self._take_head()
-        else:  # the usual case, the head at the start of this read: _take_head() without the call
-            data = self._data
-            end = data.find(b"\r\n\r\n")
-            if end > MAX_HEAD_BYTES:
-                raise HttpParserError(f"response head larger than {MAX_HEAD_BYTES // 1024} KiB")
-            head = data[: end + 2]
-            self._head_start = end + 4
+        head = self._take_head()
         parser = self.parser
         status = parser.get_status_code()
         exchange = self.exchange
