@@ -17,6 +17,7 @@ import enum
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final, NamedTuple
 
 from proxy.tracing import Decision, Propagator, TraceSource
 
@@ -113,9 +114,12 @@ class RequestPlan:
     decision: Decision
 
 
-@dataclass(slots=True)
-class ResponsePlan:
-    """How one response head goes to the client and how its body is framed on each side."""
+class ResponsePlan(NamedTuple):
+    """How one response head goes to the client and how its body is framed on each side.
+
+    When `head` is the very object `plan_response` was given, the origin's head goes out byte for byte (the I/O
+    layer can then relay it together with the body, without a copy).
+    """
 
     head: bytes
     upstream_framing: Framing
@@ -323,12 +327,15 @@ _UNTOUCHED = Decision(
 
 # A response head line that is hop-by-hop (RFC 9110 §7.6.1), with the CRLF before it, searched in the lowercased
 # head (Trailer stays: chunked bodies and their trailer fields are relayed as the origin wrote them).
-# head. llhttp has already checked the grammar (token names, no whitespace before the colon, CRLF line ends), so the
+# llhttp has already checked the grammar (token names, no whitespace before the colon, CRLF line ends), so the
 # search is exact; the alternation is factored by first letter because this runs for every response.
 _HOP_LINE = re.compile(
     rb"\r\n(?:connection|p(?:roxy-(?:connection|authenticate|authorization))|keep-alive"
     rb"|t(?:e|ransfer-encoding)|upgrade):[^\r]*"
 )
+
+_KEEP_ALIVE_LINE: Final = b"\r\nconnection: keep-alive"
+_new_tuple: Final = tuple.__new__
 
 
 def _strip_hop_lines(head: bytes, lower: bytes) -> tuple[bytes, bytes, bytes]:
@@ -375,13 +382,47 @@ def plan_response(
 ) -> ResponsePlan:
     """The head the client receives for an origin's final (or 1xx interim) response, and the body framing.
 
-    `head` is the origin's raw head from the status line up to and including the CRLF of its last field line (not
-    the empty line).  Content-Length and chunked bodies pass through as they are (llhttp checked their framing); a
-    chunked body is decoded for an HTTP/1.0 client and ends with the connection, like a close-delimited body.
+    `head` is the origin's raw head from the status line up to and including the empty line.  Content-Length and
+    chunked bodies pass through as they are (llhttp checked their framing); a chunked body is decoded for an
+    HTTP/1.0 client and ends with the connection, like a close-delimited body.
+
+    The usual response (HTTP/1.1, a Content-Length, no hop-by-hop field but perhaps `Connection: keep-alive`) to a
+    client that stays open is relayed unchanged: a `Connection: keep-alive` then is the proxy's own option for
+    the client connection, which RFC 9110 §7.6.1 allows in place of the origin's.
     """
+    lower = head.lower()
+    match = _HOP_LINE.search(lower)
+    if (
+        (match is None or (match.group() == _KEEP_ALIVE_LINE and _HOP_LINE.search(lower, match.end()) is None))
+        and status >= 200
+        and head[5:8] == b"1.1"
+        and client_keep_alive
+        and not force_close
+        and (client_http11 or match is not None)
+    ):
+        at = lower.find(b"\r\ncontent-length:")
+        if at >= 0:
+            value = lower[at + 17 : lower.find(b"\r", at + 17)].strip(b" \t")
+            if value.isdigit():  # llhttp let through one well-formed length at most
+                no_body = request_is_head or status == 204 or status == 304
+                return _new_tuple(
+                    ResponsePlan, (head, Framing.NONE if no_body else Framing.LENGTH, int(value), False, False)
+                )
+    return _rewrite_response(status, head[:-2], lower, request_is_head, client_http11, client_keep_alive, force_close)
+
+
+def _rewrite_response(
+    status: int,
+    head: bytes,
+    lower: bytes,
+    request_is_head: bool,
+    client_http11: bool,
+    client_keep_alive: bool,
+    force_close: bool,
+) -> ResponsePlan:
+    """`plan_response` for a head that must change; `head` ends with the CRLF of its last field line."""
     if head[5:8] != b"1.1":
         head = b"HTTP/1.1" + head[8:]
-    lower = head.lower()
     head, te_value, _ = _strip_hop_lines(head, lower)
     content_length = 0
     if te_value:
@@ -415,7 +456,9 @@ def plan_response(
 
 
 def plan_switching_protocols(head: bytes) -> bytes:
-    """The 101 head for an accepted Upgrade: end-to-end fields plus the upgrade pair."""
+    """The 101 head for an accepted Upgrade: end-to-end fields plus the upgrade pair (`head` as for
+    `plan_response`, through the empty line)."""
+    head = head[:-2]
     if head[5:8] != b"1.1":
         head = b"HTTP/1.1" + head[8:]
     head, _, upgrade_value = _strip_hop_lines(head, head.lower())

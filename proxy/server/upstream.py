@@ -280,25 +280,30 @@ class UpstreamConnection(asyncio.Protocol):
         if self.complete:
             self._garbage = True  # the origin sent more than the one response it was asked for
 
-    def _take_head(self) -> bytes:
-        """The raw head just parsed (status line to the CRLF of its last field); llhttp enforced CRLF endings."""
-        raw = self._head_buf + self._data if self._head_buf else self._data
-        end = raw.find(b"\r\n\r\n", self._head_start)
-        head = raw[self._head_start : end + 2]
-        if len(head) > MAX_HEAD_BYTES:
-            raise HttpParserError(f"response head larger than {MAX_HEAD_BYTES // 1024} KiB")
+    def _take_head(self) -> tuple[bytes, int]:
+        """The raw head just parsed (status line through the empty line; llhttp enforced CRLF endings), and where
+        it starts in the read being parsed (-1: it began in an earlier read)."""
+        start = self._head_start
         if self._head_buf:
+            raw = self._head_buf + self._data
+            end = raw.find(b"\r\n\r\n", start) + 4
             # Offsets from here on are into `_data` alone.
-            self._head_start = end + 4 - len(self._head_buf)
+            self._head_start = end - len(self._head_buf)
             self._head_buf = b""
+            start_in_data = -1
         else:
-            self._head_start = end + 4
-        return head
+            raw = self._data
+            end = raw.find(b"\r\n\r\n", start) + 4
+            self._head_start = end
+            start_in_data = start
+        if end - start > MAX_HEAD_BYTES:
+            raise HttpParserError(f"response head larger than {MAX_HEAD_BYTES // 1024} KiB")
+        return raw[start:end], start_in_data
 
     def on_headers_complete(self) -> None:
         if self.complete:
             return
-        head = self._take_head()
+        head, head_at = self._take_head()
         parser = self.parser
         status = parser.get_status_code()
         exchange = self.exchange
@@ -324,11 +329,16 @@ class UpstreamConnection(asyncio.Protocol):
         exchange.status = status
         self._plan = plan
         self._keep_alive = parser.should_keep_alive()
-        self.out.append(plan.head)
         self._in_body = True
+        self.dechunk = plan.dechunk
+        if plan.head is head and head_at >= 0 and plan.upstream_framing is Framing.LENGTH:
+            # The head goes out as the origin wrote it: relayed together with the body of the same read, uncopied.
+            self._body_from = head_at
+            self._remaining = plan.content_length + len(head)
+            return
+        self.out.append(plan.head)
         self._body_from = self._head_start
         self._remaining = plan.content_length
-        self.dechunk = plan.dechunk
         if plan.upstream_framing is Framing.NONE and request.method_is_head:
             # llhttp cannot be told that a response answers HEAD: end it here and start a fresh parser.
             self.complete = True

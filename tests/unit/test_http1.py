@@ -641,7 +641,7 @@ def respond(
 ) -> ResponsePlan:
     return plan_response(
         status,
-        head,
+        head + b"\r\n",  # the head as the listener passes it: through the empty line
         request_is_head=request_is_head,
         client_http11=client_http11,
         client_keep_alive=client_keep_alive,
@@ -665,6 +665,24 @@ def test_origin_keep_alive_fields_are_removed() -> None:
     plan = respond(200, head)
     assert plan.head == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nDate: x\r\n\r\n"
     assert (plan.upstream_framing, plan.close_client) == (Framing.LENGTH, False)
+
+
+def test_usual_head_is_relayed_unchanged() -> None:
+    head = b"HTTP/1.1 200 OK\r\nServer: o\r\nContent-Length: 5\r\nConnection: keep-alive\r\nETag: x\r\n\r\n"
+    for client_http11 in (True, False):
+        plan = plan_response(
+            200, head, request_is_head=False, client_http11=client_http11, client_keep_alive=True, force_close=False
+        )
+        assert plan.head is head  # the I/O layer relays the origin's bytes without a copy
+        assert plan == ResponsePlan(head, Framing.LENGTH, 5, False, False)
+
+
+def test_keep_alive_line_is_replaced_when_the_client_connection_closes() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\n"
+    plan = respond(200, head, force_close=True)
+    assert plan.head == b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"
+    plan = respond(200, head, client_keep_alive=False)
+    assert plan.head == b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"
 
 
 def test_origin_connection_close_does_not_close_the_client() -> None:
@@ -875,14 +893,14 @@ def test_switching_protocols() -> None:
         b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nKeep-Alive: timeout=5\r\nX-Hop: 1\r\n"
         b"Sec-WebSocket-Protocol: chat\r\n"
     )
-    assert plan_switching_protocols(head) == (
+    assert plan_switching_protocols(head + b"\r\n") == (
         b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
         b"Sec-WebSocket-Protocol: chat\r\nConnection: Upgrade\r\nUpgrade: WebSocket\r\n\r\n"
     )
 
 
 def test_switching_protocols_http10_status_line_and_no_upgrade_value() -> None:
-    assert plan_switching_protocols(b"HTTP/1.0 101 Switching\r\nConnection: upgrade\r\nTE: x\r\n") == (
+    assert plan_switching_protocols(b"HTTP/1.0 101 Switching\r\nConnection: upgrade\r\nTE: x\r\n\r\n") == (
         b"HTTP/1.1 101 Switching\r\nConnection: Upgrade\r\n\r\n"
     )
 
@@ -1175,7 +1193,13 @@ ows = st.sampled_from([b"", b" ", b"  ", b"\t"])
 def response_heads(draw: st.DrawFn) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     status = draw(st.sampled_from([100, 103, 200, 201, 204, 206, 301, 304, 404, 500]))
     version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]))
-    fields = draw(st.lists(st.tuples(response_name, header_value, ows, ows), max_size=12))
+    field = st.one_of(
+        st.tuples(response_name, header_value, ows, ows),
+        # the usual framing and keep-alive lines of an origin, which decide whether the head is relayed unchanged
+        st.tuples(st.just(b"Content-Length"), st.integers(0, 10**6).map(lambda n: str(n).encode()), ows, ows),
+        st.tuples(st.sampled_from([b"Connection", b"connection"]), st.just(b"keep-alive"), ows, ows),
+    )
+    fields = draw(st.lists(field, max_size=12))
     lines = [name + b":" + lead + value + trail for name, value, lead, trail in fields]
     head = b"%s %d Some Reason\r\n" % (version, status) + b"".join(line + b"\r\n" for line in lines)
     return status, head, [(name, value) for name, value, _, _ in fields]
@@ -1203,9 +1227,10 @@ def test_plan_response_property(
     force_close: bool,
 ) -> None:
     status, head, fields = drawn
-    plan = respond(
+    full = head + b"\r\n"
+    plan = plan_response(
         status,
-        head,
+        full,
         request_is_head=request_is_head,
         client_http11=client_http11,
         client_keep_alive=client_keep_alive,
@@ -1216,6 +1241,13 @@ def test_plan_response_property(
     assert out.count(b"\r\n\r\n") == 1
     start, *lines = out[:-4].split(b"\r\n")
     assert start == b"HTTP/1.1 %d Some Reason" % status
+    if out is full:
+        # Relayed unchanged: only when the sole hop-by-hop line is the keep-alive the proxy would send itself.
+        hop = [line for line in lines if line.partition(b":")[0].lower() in RESPONSE_HOP_BY_HOP]
+        assert hop in ([], [b"Connection: keep-alive"], [b"connection: keep-alive"])
+        assert not plan.close_client and not plan.dechunk
+        assert hop or client_http11
+        return
     kept = _kept_response_lines(head, fields)
     assert lines[: len(kept)] == kept
     # After the end-to-end lines come only the lines the proxy writes itself.
@@ -1234,7 +1266,7 @@ def test_plan_response_property(
 @given(drawn=response_heads())
 def test_plan_switching_protocols_property(drawn: tuple[int, bytes, list[tuple[bytes, bytes]]]) -> None:
     _, head, fields = drawn
-    out = plan_switching_protocols(head)
+    out = plan_switching_protocols(head + b"\r\n")
     assert out.endswith(b"\r\n\r\n") and out.count(b"\r\n\r\n") == 1
     _, *lines = out[:-4].split(b"\r\n")
     kept = _kept_response_lines(head, fields)
