@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from proxy.tracing import TraceSource
+
 if TYPE_CHECKING:
     from proxy.server.forward import Exchange
-    from proxy.tracing import TraceSource
 
 
 class Stats:
@@ -17,19 +18,16 @@ class Stats:
     def __init__(self) -> None:
         self.requests = 0
         self.tunnels = 0
-        self.by_source: dict[TraceSource, int] = {}
-        self.by_status: dict[int, int] = {}
+        # Every key present from the start: one subscript and one store per bump, no lookup with a default.
+        self.by_source: dict[TraceSource, int] = dict.fromkeys(TraceSource, 0)
+        self.by_status = [0] * 1000  # index: status code (llhttp accepts three digits only)
         self.rejected_by_status: dict[int, int] = {}
 
     def exchange_done(self, exchange: Exchange) -> None:
         """A proxied request ended (answered, failed or cut off)."""
         self.requests += 1
-        by_source = self.by_source
-        source = exchange.plan.decision.source
-        by_source[source] = by_source.get(source, 0) + 1
-        by_status = self.by_status
-        status = exchange.status
-        by_status[status] = by_status.get(status, 0) + 1
+        self.by_source[exchange.plan.decision.source] += 1
+        self.by_status[exchange.status] += 1
 
     def rejected(self, status: int) -> None:
         """A request the proxy answered itself without forwarding it."""
@@ -42,7 +40,7 @@ class Stats:
         return {
             "requests": self.requests,
             "tunnels": self.tunnels,
-            "by_source": {k.value: v for k, v in self.by_source.items()},
-            "by_status": {str(k): v for k, v in self.by_status.items()},
+            "by_source": {k.value: v for k, v in self.by_source.items() if v},
+            "by_status": {str(code): n for code, n in enumerate(self.by_status) if n},
             "rejected_by_status": {str(k): v for k, v in self.rejected_by_status.items()},
         }

@@ -62,7 +62,7 @@ class Exchange:
         self.ended = 0.0
         self.status = 0
         self.body_done = plan.body is Framing.NONE
-        self.pending: list[bytes] = []
+        self.pending: list[bytes] | None = None  # body bytes that wait for an origin connection
         self.pending_size = 0
         self.upstream: UpstreamConnection | None = None
         self.retried = False
@@ -76,6 +76,8 @@ class ClientConnection(asyncio.Protocol):
         self._policy = server.policy
         self._pool = server.pool
         self._now = server.now
+        self._stats = server.stats
+        self._self_keys = server.self_keys
         self._parser = HttpRequestParser(self)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self._url = b""
@@ -278,7 +280,10 @@ class ClientConnection(asyncio.Protocol):
         if up is not None and exchange is self.current:
             up.transport.write(data)
             return
-        exchange.pending.append(data)
+        if exchange.pending is None:
+            exchange.pending = [data]
+        else:
+            exchange.pending.append(data)
         exchange.pending_size += len(data)
         if exchange.pending_size > _MAX_PENDING:
             self._pause(_PENDING)
@@ -286,8 +291,8 @@ class ClientConnection(asyncio.Protocol):
     def _start(self, exchange: Exchange) -> None:
         self.current = exchange
         plan = exchange.plan
-        key = (plan.host, plan.port)
-        if key in self._server.self_keys:
+        key = plan.origin
+        if key in self._self_keys:
             self._fail(
                 exchange,
                 508,
@@ -316,21 +321,19 @@ class ClientConnection(asyncio.Protocol):
 
     def _attach(self, exchange: Exchange, up: UpstreamConnection) -> None:
         exchange.upstream = up
-        up.bind(self, exchange)
-        up.last_active = self._pool.coarse_now
         pending = exchange.pending
-        if pending:
-            up.transport.write(b"".join([exchange.plan.head, *pending]))
-            exchange.pending = []
-            exchange.pending_size = 0
-            self._resume(_PENDING)
+        if pending is None:
+            up.send_request(self, exchange, exchange.plan.head)
         else:
-            up.transport.write(exchange.plan.head)
+            exchange.pending = None
+            exchange.pending_size = 0
+            up.send_request(self, exchange, b"".join([exchange.plan.head, *pending]))
+            self._resume(_PENDING)
 
     def _ended(self, exchange: Exchange) -> None:
         """The one place an exchange ends: its end time for the span record, and the counters."""
         exchange.ended = self._now()
-        self._server.stats.exchange_done(exchange)
+        self._stats.exchange_done(exchange)
 
     def _drop_upstream(self, up: UpstreamConnection) -> None:
         """Cut the origin connection of an exchange that will not complete there."""
@@ -353,8 +356,8 @@ class ClientConnection(asyncio.Protocol):
             or self.transport.is_closing()
         ):
             self._close()
-            return
-        self._next()
+        elif self._queue or self._input_done or self._deferred_error is not None:
+            self._next()
 
     def _next(self) -> None:
         if self._queue:

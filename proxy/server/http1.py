@@ -23,6 +23,8 @@ from proxy.tracing import Decision, Propagator, TraceSource
 
 MAX_HEAD_BYTES = 64 * 1024
 
+_new_tuple: Final = tuple.__new__  # a NamedTuple built without its Python-level __new__ (hot path)
+
 ORIGIN_FORM_HELP = (
     "trace-proxy is an HTTP forward proxy: send requests in absolute form (GET http://host:port/path), "
     "for example by setting http_proxy=http://HOST:PORT for the client; https:// goes through CONNECT"
@@ -90,21 +92,26 @@ class RequestPolicy:
     propagator: Propagator
     trace_names: frozenset[bytes]  # the propagator's strip_names, as the bytes the parser yields
     connect_ports: frozenset[int]  # empty = any
+    # Lowercase names that never go out as they came: hop-by-hop, framing, Host, and the trace headers.
+    special_names: frozenset[bytes] = _REQUEST_SPECIAL
     # A sidecar talks to few origins: their parsed authorities are kept rather than parsed per request.
     authorities: dict[bytes, tuple[str, int]] = field(default_factory=dict)
 
     @classmethod
     def create(cls, propagator: Propagator, connect_ports: Sequence[int]) -> RequestPolicy:
         names = frozenset(n.encode("ascii") for n in propagator.strip_names)
-        return cls(propagator=propagator, trace_names=names, connect_ports=frozenset(connect_ports))
+        return cls(
+            propagator=propagator,
+            trace_names=names,
+            connect_ports=frozenset(connect_ports),
+            special_names=_REQUEST_SPECIAL | names,
+        )
 
 
-@dataclass(slots=True)
-class RequestPlan:
+class RequestPlan(NamedTuple):
     """Everything the I/O layer needs to forward one request."""
 
-    host: str
-    port: int
+    origin: tuple[str, int]  # (host, port): where it goes, and the key of the upstream pool
     head: bytes
     body: Framing
     method_is_head: bool
@@ -112,6 +119,14 @@ class RequestPlan:
     keep_alive: bool
     http11: bool
     decision: Decision
+
+    @property
+    def host(self) -> str:
+        return self.origin[0]
+
+    @property
+    def port(self) -> int:
+        return self.origin[1]
 
 
 class ResponsePlan(NamedTuple):
@@ -215,40 +230,37 @@ def plan_request(
     hop-by-hop header, the body framing the proxy will write, and the trace headers the propagator decided.
     `dropped`: the field names the request's Connection header named (found on a first pass; rare).
     """
-    if target[:7].lower() == b"http://":
-        start = 7
-    elif target[:5].lower() == b"ws://":
-        start = 5  # a WebSocket URI is HTTP on the same port (RFC 6455 §3); aiohttp sends these to proxies
-    else:
-        if target[:1] == b"/" or target == b"*":
-            raise RequestRejected(400, ORIGIN_FORM_HELP)
-        if target[:8].lower() == b"https://" or target[:6].lower() == b"wss://":
-            raise RequestRejected(400, "https:// and wss:// must be tunnelled with CONNECT (use https_proxy)")
-        raise RequestRejected(400, "request target must be an absolute http:// URL")
+    start = 7 if target.startswith(b"http://") else _scheme_length(target)
     slash = target.find(b"/", start)
     query = target.find(b"?", start)
     if query >= 0 and (slash < 0 or query < slash):
         slash = query
-    authority = target[start:slash] if slash >= 0 else target[start:]
-    # An empty path is `/`, except for OPTIONS, which then asks about the server itself (RFC 9112 §3.2.4).
-    path = target[slash:] if slash >= 0 else (b"*" if method == b"OPTIONS" else b"/")
-    hash_at = path.find(b"#")
-    if hash_at >= 0:
-        path = path[:hash_at]
-    if path[:1] == b"?":
-        path = b"/" + path
-    known = policy.authorities.get(authority)
-    if known is None:
-        known = split_authority(authority, 80)
+    if slash >= 0:
+        authority = target[start:slash]
+        path = target[slash:]
+        if b"#" in path:
+            path = path[: path.find(b"#")]
+        if path[:1] == b"?":
+            path = b"/" + path
+    else:
+        authority = target[start:]
+        # An empty path is `/`, except for OPTIONS, which then asks about the server itself (RFC 9112 §3.2.4).
+        path = b"*" if method == b"OPTIONS" else b"/"
+        if b"#" in authority:
+            authority = authority[: authority.find(b"#")]
+    origin = policy.authorities.get(authority)
+    if origin is None:
+        origin = split_authority(authority, 80)
         if len(policy.authorities) >= 4096:
             policy.authorities.clear()
-        policy.authorities[authority] = known
-    url = target.decode("latin-1")
+        policy.authorities[authority] = origin
     propagator = policy.propagator
-    matches = propagator.matches(url)
+    matches = propagator.match_all or propagator.matches(target.decode("latin-1"))
+    special = policy.special_names if matches else _REQUEST_SPECIAL
+    if dropped:
+        special = special | dropped
 
     parts: list[bytes] = [method, b" ", path, b" HTTP/1.1\r\nHost: ", authority, b"\r\n"]
-    trace_names = policy.trace_names if matches else _EMPTY
     carrier: dict[str, list[str]] = {}
     body = Framing.NONE
     hosts = 0
@@ -257,36 +269,34 @@ def plan_request(
     named: list[bytes] = []
     for name, value in headers:
         lname = name.lower()
-        if lname in _REQUEST_SPECIAL:
-            if lname == b"content-length":
-                if value != b"0":
-                    body = Framing.LENGTH
+        if lname not in special:
+            parts += (name, b": ", value, b"\r\n")
+        elif lname == b"host":
+            hosts += 1
+        elif lname == b"content-length":
+            if value != b"0":
+                body = Framing.LENGTH
+            parts += (name, b": ", value, b"\r\n")
+        elif lname == b"transfer-encoding":
+            if not http11:
+                raise RequestRejected(400, "Transfer-Encoding is not allowed in an HTTP/1.0 request")
+            # The proxy re-chunks the body; the codings before `chunked` are kept.
+            body = Framing.CHUNKED
+            te_value = te_value + b", " + value if te_value else value
+        elif lname == b"expect":
+            if http11:
                 parts += (name, b": ", value, b"\r\n")
-            elif lname == b"transfer-encoding":
-                if not http11:
-                    raise RequestRejected(400, "Transfer-Encoding is not allowed in an HTTP/1.0 request")
-                # The proxy re-chunks the body; the codings before `chunked` are kept.
-                body = Framing.CHUNKED
-                te_value = te_value + b", " + value if te_value else value
-            elif lname == b"host":
-                hosts += 1
-            elif lname == b"expect":
-                if http11:
-                    parts += (name, b": ", value, b"\r\n")
-            elif lname == b"connection" or lname == b"proxy-connection":
-                named.extend(t for t in _connection_tokens(value) if t not in _CONNECTION_OPTIONS)
-            elif lname == b"upgrade":
-                upgrade_value = value
-            continue
-        if lname in trace_names:
+        elif lname == b"connection" or lname == b"proxy-connection":
+            named.extend(t for t in _connection_tokens(value) if t not in _CONNECTION_OPTIONS)
+        elif lname == b"upgrade":
+            upgrade_value = value
+        elif lname in policy.trace_names:
             carrier.setdefault(lname.decode("ascii"), []).append(value.decode("latin-1"))
-            continue
-        if dropped and lname in dropped:
-            continue
-        parts += (name, b": ", value, b"\r\n")
     if named and not dropped:
         # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1): plan again without them.
-        return plan_request(method, target, http11, keep_alive, upgrade, headers, policy, frozenset(named))
+        dropped = frozenset(named) - _FRAMING_NAMES
+        if dropped:
+            return plan_request(method, target, http11, keep_alive, upgrade, headers, policy, dropped)
     if hosts != 1 and (hosts > 1 or http11):
         raise RequestRejected(400, "more than one Host header" if hosts else "HTTP/1.1 request without a Host header")
     if body is Framing.CHUNKED:
@@ -299,7 +309,7 @@ def plan_request(
     else:
         upgrade = False
     if matches:
-        decision = propagator.decide(url, carrier)
+        decision = propagator.decide_matched(carrier)
         parts += (b"sentry-trace: ", decision.sentry_trace.encode(), b"\r\n")  # type: ignore[union-attr]
         if decision.baggage:
             parts += (b"baggage: ", decision.baggage.encode("latin-1"), b"\r\n")
@@ -308,8 +318,23 @@ def plan_request(
     else:
         decision = _UNTOUCHED
     parts.append(b"\r\n")
-    host, port = known
-    return RequestPlan(host, port, b"".join(parts), body, method == b"HEAD", upgrade, keep_alive, http11, decision)
+    return _new_tuple(
+        RequestPlan, (origin, b"".join(parts), body, method == b"HEAD", upgrade, keep_alive, http11, decision)
+    )
+
+
+def _scheme_length(target: bytes) -> int:
+    """The length of the `http://` (any case) or `ws://` prefix of an absolute-form target, or why it has none."""
+    scheme = target[:7].lower()
+    if scheme == b"http://":
+        return 7
+    if scheme[:5] == b"ws://":
+        return 5  # a WebSocket URI is HTTP on the same port (RFC 6455 §3); aiohttp sends these to proxies
+    if target[:1] == b"/" or target == b"*":
+        raise RequestRejected(400, ORIGIN_FORM_HELP)
+    if target[:8].lower() == b"https://" or scheme[:6] == b"wss://":
+        raise RequestRejected(400, "https:// and wss:// must be tunnelled with CONNECT (use https_proxy)")
+    raise RequestRejected(400, "request target must be an absolute http:// URL")
 
 
 _EMPTY: frozenset[bytes] = frozenset()
@@ -335,7 +360,6 @@ _HOP_LINE = re.compile(
 )
 
 _KEEP_ALIVE_LINE: Final = b"\r\nconnection: keep-alive"
-_new_tuple: Final = tuple.__new__
 
 
 def _strip_hop_lines(head: bytes, lower: bytes) -> tuple[bytes, bytes, bytes]:

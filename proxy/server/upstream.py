@@ -71,6 +71,7 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_body_from",
         "_data",
+        "_framing",
         "_garbage",
         "_head_buf",
         "_head_start",
@@ -113,9 +114,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.last_active = 0.0
         self.got_bytes = False
         self.out: list[bytes] = []
-        self._reset_state()
-
-    def _reset_state(self) -> None:
         # The raw head is taken from the bytes fed to the parser: `_head_buf` holds a head split over reads,
         # `_data` the read being parsed, `_head_start` where the current head starts in their concatenation.
         self._head_buf = b""
@@ -124,6 +122,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._body_from = -1  # where the body starts in `_data` (-1: no body bytes in this read)
         self._remaining = 0  # body bytes still expected, for a Content-Length body
         self._plan: ResponsePlan | None = None
+        self._framing = Framing.NONE  # the response body's framing from the origin, once the head is in
         self.complete = False
         self.dechunk = False
         self._garbage = False
@@ -133,15 +132,15 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- binding -------------------------------------------------------------------------------------------------
 
-    def bind(self, client: ClientConnection, exchange: Exchange) -> None:
+    def send_request(self, client: ClientConnection, exchange: Exchange, data: bytes) -> None:
+        """Serve `exchange` for `client` on this (new or reused) connection, starting with `data`."""
         self.client = client
         self.exchange = exchange
         self.got_bytes = False
-        self._reset_state()
+        self.last_active = self.pool.coarse_now
         if not exchange.plan.http11:
             self.parser = HttpResponseParser(_Dechunker(self))
-        elif self.parser is not self._plain_parser:
-            self.parser = self._plain_parser = HttpResponseParser(self)
+        self.transport.write(data)
 
     def start_tunnel(self, client: ClientConnection) -> None:
         """Relay to `client` from now on, after what the target sent (or how it ended) before this."""
@@ -166,15 +165,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         client = self.client
-        if self.tunnel:
-            if client is not None:
-                client.transport.write(data)
-            else:
-                self.out.append(data)  # a target that speaks first, before the 200 went out
-            return
-        if client is None:
-            # Bytes on an idle pooled connection: the origin is out of step; never reuse it.
-            self.transport.close()
+        if client is None or self.tunnel:
+            self._data_outside_exchange(client, data)
             return
         self.got_bytes = True
         self.last_active = self.pool.coarse_now
@@ -204,9 +196,7 @@ class UpstreamConnection(asyncio.Protocol):
         out = self.out
         body_from = self._body_from
         if body_from >= 0 and not self.dechunk:
-            plan = self._plan
-            assert plan is not None
-            framing = plan.upstream_framing
+            framing = self._framing
             if framing is not Framing.NONE:
                 body = data[body_from:] if body_from else data
                 if framing is Framing.LENGTH:
@@ -223,7 +213,12 @@ class UpstreamConnection(asyncio.Protocol):
                     )
                     return
                 if body:
-                    out.append(body)
+                    if out:  # a head before it: one write, one send
+                        out.append(body)
+                        client.transport.write(b"".join(out))
+                        out.clear()
+                    else:
+                        client.transport.write(body)
         elif not self._in_body:
             # The head is not complete yet: keep what arrived of it for on_headers_complete.
             self._head_buf = (self._head_buf + data)[self._head_start :] if self._head_buf else data[self._head_start :]
@@ -232,10 +227,21 @@ class UpstreamConnection(asyncio.Protocol):
                 self._malformed(client, f"response head larger than {MAX_HEAD_BYTES // 1024} KiB")
                 return
         if out:
-            client.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            client.transport.write(b"".join(out))
             out.clear()
         if self.complete:
             self._finish(client)
+
+    def _data_outside_exchange(self, client: ClientConnection | None, data: bytes) -> None:
+        if self.tunnel:
+            if client is not None:
+                client.transport.write(data)
+            else:
+                self.out.append(data)  # a target that speaks first, before the 200 went out
+            return
+        # Bytes on an idle pooled connection: the origin is out of step; never reuse it.
+        self.pool.discard(self)
+        self.transport.close()
 
     def eof_received(self) -> bool | None:
         if self.tunnel:
@@ -259,7 +265,7 @@ class UpstreamConnection(asyncio.Protocol):
         exchange = self.exchange
         if exchange is None:
             return
-        if self._plan is not None and self._plan.upstream_framing is Framing.CLOSE and not self.complete:
+        if self._framing is Framing.CLOSE and not self.complete:
             # A read-until-close body ends here, complete.
             self.complete = True
             client.response_complete(exchange, True)
@@ -280,30 +286,31 @@ class UpstreamConnection(asyncio.Protocol):
         if self.complete:
             self._garbage = True  # the origin sent more than the one response it was asked for
 
-    def _take_head(self) -> tuple[bytes, int]:
-        """The raw head just parsed (status line through the empty line; llhttp enforced CRLF endings), and where
-        it starts in the read being parsed (-1: it began in an earlier read)."""
+    def _take_split_head(self) -> bytes:
+        """The raw head just parsed when it began in an earlier read (see on_headers_complete)."""
+        buffered = self._head_buf
+        raw = buffered + self._data
         start = self._head_start
-        if self._head_buf:
-            raw = self._head_buf + self._data
-            end = raw.find(b"\r\n\r\n", start) + 4
-            # Offsets from here on are into `_data` alone.
-            self._head_start = end - len(self._head_buf)
-            self._head_buf = b""
-            start_in_data = -1
-        else:
-            raw = self._data
-            end = raw.find(b"\r\n\r\n", start) + 4
-            self._head_start = end
-            start_in_data = start
-        if end - start > MAX_HEAD_BYTES:
-            raise HttpParserError(f"response head larger than {MAX_HEAD_BYTES // 1024} KiB")
-        return raw[start:end], start_in_data
+        end = raw.find(b"\r\n\r\n", start) + 4
+        self._head_start = end - len(buffered)  # offsets from here on are into `_data` alone
+        self._head_buf = b""
+        return raw[start:end]
 
     def on_headers_complete(self) -> None:
         if self.complete:
             return
-        head, head_at = self._take_head()
+        # The raw head, status line through the empty line (llhttp enforced CRLF endings), and where it starts in
+        # the read being parsed (-1: it began in an earlier one).
+        if self._head_buf:
+            head = self._take_split_head()
+            head_at = -1
+        else:
+            head_at = self._head_start
+            end = self._data.find(b"\r\n\r\n", head_at) + 4
+            self._head_start = end
+            head = self._data[head_at:end]
+        if len(head) > MAX_HEAD_BYTES:
+            raise HttpParserError(f"response head larger than {MAX_HEAD_BYTES // 1024} KiB")
         parser = self.parser
         status = parser.get_status_code()
         exchange = self.exchange
@@ -328,10 +335,11 @@ class UpstreamConnection(asyncio.Protocol):
             return
         exchange.status = status
         self._plan = plan
+        framing = self._framing = plan.upstream_framing
         self._keep_alive = parser.should_keep_alive()
         self._in_body = True
         self.dechunk = plan.dechunk
-        if plan.head is head and head_at >= 0 and plan.upstream_framing is Framing.LENGTH:
+        if plan.head is head and framing is Framing.LENGTH and head_at >= 0:
             # The head goes out as the origin wrote it: relayed together with the body of the same read, uncopied.
             self._body_from = head_at
             self._remaining = plan.content_length + len(head)
@@ -339,7 +347,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.out.append(plan.head)
         self._body_from = self._head_start
         self._remaining = plan.content_length
-        if plan.upstream_framing is Framing.NONE and request.method_is_head:
+        if framing is Framing.NONE and request.method_is_head:
             # llhttp cannot be told that a response answers HEAD: end it here and start a fresh parser.
             self.complete = True
             self._reset_parser = True
@@ -356,18 +364,26 @@ class UpstreamConnection(asyncio.Protocol):
         exchange = self.exchange
         plan = self._plan
         assert exchange is not None and plan is not None
-        reusable = (
+        self.client = None
+        self.exchange = None
+        if (
             self._keep_alive
             and not self._garbage
             and exchange.body_done
-            and plan.upstream_framing is not Framing.CLOSE
+            and self._framing is not Framing.CLOSE
             and not exchange.plan.upgrade
-        )
-        if self._reset_parser or self.parser is not self._plain_parser:
-            self.parser = self._plain_parser = HttpResponseParser(self)
-        self.client = None
-        self.exchange = None
-        if reusable:
+        ):
+            # Back to the state of a new connection, then to the pool.
+            if self._reset_parser or self.parser is not self._plain_parser:
+                self.parser = self._plain_parser = HttpResponseParser(self)
+                self._reset_parser = False
+            self._data = b""
+            self._head_start = 0
+            self._plan = None
+            self._framing = Framing.NONE
+            self.complete = False
+            self.dechunk = False
+            self._in_body = False
             self.pool.release(self)
         else:
             self.transport.close()
@@ -418,10 +434,12 @@ class UpstreamPool:
         self.max_idle_per_origin = 512
 
     def acquire(self, key: Key) -> UpstreamConnection | None:
+        """The most recently used idle connection to `key`, or None. A connection leaves the pool when it closes
+        or misbehaves, so one found here is open unless its close is still on the way."""
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
-            if not conn.closed and not conn.transport.is_closing():
+            if not conn.transport.is_closing():
                 conn.reused = True
                 return conn
         return None

@@ -228,14 +228,13 @@ def start_trace(config: PropagationConfig, trace_id: str, draw: float) -> tuple[
     that is written.
     """
     steps = int(draw * SAMPLE_RAND_GRID)
-    if steps >= SAMPLE_RAND_GRID:  # a draw a hair below 1 can round up in the product
-        steps = SAMPLE_RAND_GRID - 1
-    elif steps < 0:
-        steps = 0
-    head = _TRACE_ID_MEMBER + trace_id + config.new_dsc_infix
-    rand_infix = _SAMPLE_RAND_INFIX + format_sample_rand(steps)
+    if not 0 <= steps < SAMPLE_RAND_GRID:  # a draw a hair below 1 can round up in the product
+        steps = 0 if steps < 0 else SAMPLE_RAND_GRID - 1
+    # One f-string per trace (this runs for every request that starts one); `0.{steps:06d}` is format_sample_rand.
     rate = config.traces_sample_rate
     if rate is None:
-        return None, head + rand_infix
+        return None, f"{_TRACE_ID_MEMBER}{trace_id}{config.new_dsc_infix}{_SAMPLE_RAND_INFIX}0.{steps:06d}"
     sampled = steps / SAMPLE_RAND_GRID < rate
-    return sampled, head + _SAMPLED_INFIX[sampled] + rand_infix
+    return sampled, (
+        f"{_TRACE_ID_MEMBER}{trace_id}{config.new_dsc_infix}{_SAMPLED_INFIX[sampled]}{_SAMPLE_RAND_INFIX}0.{steps:06d}"
+    )

@@ -61,6 +61,10 @@ class TraceSource(enum.Enum):
     NEW = "new"
     UNTOUCHED = "untouched"
 
+    # Members are singletons: identity hashing is exact and, unlike Enum's own __hash__, costs no Python call
+    # (counters are keyed by source on every request).
+    __hash__ = object.__hash__
+
 
 Carrier: TypeAlias = Mapping[str, Sequence[str]]
 """Lowercase header name -> its values in order. Only the names the propagator reads
@@ -144,6 +148,8 @@ class _RequestBaggage(NamedTuple):
 
 
 _new_tuple: Final = tuple.__new__
+_ZERO_TRACE_ID: Final = "0" * 32
+_ZERO_SPAN_ID: Final = "0" * 16
 _UNTOUCHED: Final = Decision(TraceSource.UNTOUCHED, None, None, None, None, None, None, None)
 _NO_BAGGAGE: Final = _RequestBaggage(EMPTY_DSC, (), None)
 # A service sends the same baggage on every outbound call of one transaction: parse it once.
@@ -162,9 +168,10 @@ class Propagator:
         "_config",
         "_env",
         "_ids",
-        "_match_all",
+        "_system_ids",
         "_targets",
         "_traceparent",
+        "match_all",
         "read_names",
         "strip_names",
     )
@@ -173,6 +180,8 @@ class Propagator:
     """Lowercase names the I/O layer removes from a request it rewrites."""
     read_names: frozenset[str]
     """Lowercase names :meth:`decide` reads from the carrier."""
+    match_all: bool
+    """Every URL gets trace headers (``trace_propagation_targets`` matches everything)."""
 
     def __init__(self, config: PropagationConfig, ids: IdSource, environment: Carrier | None = None) -> None:
         """``environment`` is ``{"sentry-trace": [SENTRY_TRACE], "baggage": [SENTRY_BAGGAGE]}``,
@@ -180,9 +189,10 @@ class Propagator:
         self._config = config
         self._ids = ids
         self._targets = config.targets
-        self._match_all = config.targets.match_all
+        self.match_all = config.targets.match_all
         self._traceparent = config.propagate_traceparent
         self._baggage_cache: dict[str, _RequestBaggage] = {}
+        self._system_ids = type(ids) is SystemIdSource
         names = {_SENTRY_TRACE, _BAGGAGE}
         if config.propagate_traceparent:
             names.add(_TRACEPARENT)
@@ -208,7 +218,7 @@ class Propagator:
 
     def matches(self, url: str) -> bool:
         """Does ``url`` get trace headers (``trace_propagation_targets``, §7)?"""
-        return self._match_all or self._targets.matches(url)
+        return self.match_all or self._targets.matches(url)
 
     def _parse_request_baggage(self, header: str) -> _RequestBaggage:
         """Parse a request's (joined) ``baggage`` header and remember the result."""
@@ -254,8 +264,19 @@ class Propagator:
 
     def decide(self, url: str, request: Carrier) -> Decision:
         """The trace headers to write on the request to ``url`` (see the module docstring)."""
-        if not self._match_all and not self._targets.matches(url):
+        if not self.match_all and not self._targets.matches(url):
             return _UNTOUCHED
+        return self.decide_matched(request)
+
+    def decide_matched(self, request: Carrier) -> Decision:
+        """:meth:`decide` for a request whose URL the caller already found in the targets (:meth:`matches`)."""
+        if not request:
+            # No trace header on the request (the usual case for a service without an SDK).
+            env = self._env
+            if env is None:
+                return self._new(())
+            env_trace, sampled, _, alone = env
+            return self._continued(TraceSource.ENVIRONMENT, env_trace, sampled, alone)
         incoming, baggage = self._read(request)
         if incoming is not None:
             if should_continue(self._config, incoming):
@@ -279,29 +300,46 @@ class Propagator:
     ) -> Decision:
         trace_id = incoming.trace_id
         span_id = self._ids.new_span_id()
-        return Decision(
-            source,
-            trace_id,
-            span_id,
-            incoming.parent_span_id,
-            sampled,
-            format_sentry_trace(trace_id, span_id, sampled),
-            baggage,
-            format_traceparent(trace_id, span_id, sampled) if self._traceparent else None,
+        return _new_tuple(
+            Decision,
+            (
+                source,
+                trace_id,
+                span_id,
+                incoming.parent_span_id,
+                sampled,
+                format_sentry_trace(trace_id, span_id, sampled),
+                baggage,
+                format_traceparent(trace_id, span_id, sampled) if self._traceparent else None,
+            ),
         )
 
     def _new(self, third_party: tuple[str, ...]) -> Decision:
-        ids = self._ids
-        trace_id = ids.new_trace_id()
-        span_id = ids.new_span_id()
-        sampled, dsc = start_trace(self._config, trace_id, ids.sample_rand())
-        return Decision(
-            TraceSource.NEW,
-            trace_id,
-            span_id,
-            None,
-            sampled,
-            format_sentry_trace(trace_id, span_id, sampled),
-            serialize_baggage(dsc, third_party),
-            format_traceparent(trace_id, span_id, sampled) if self._traceparent else None,
+        if self._system_ids:
+            # SystemIdSource's three draws in two calls: both ids from one 192-bit draw (the common path).
+            hexed = _getrandbits(192).to_bytes(24, "big").hex()
+            trace_id = hexed[:32]
+            span_id = hexed[32:]
+            if trace_id == _ZERO_TRACE_ID or span_id == _ZERO_SPAN_ID:
+                trace_id = self._ids.new_trace_id()
+                span_id = self._ids.new_span_id()
+            draw = _random()
+        else:
+            ids = self._ids
+            trace_id = ids.new_trace_id()
+            span_id = ids.new_span_id()
+            draw = ids.sample_rand()
+        sampled, dsc = start_trace(self._config, trace_id, draw)
+        return _new_tuple(
+            Decision,
+            (
+                TraceSource.NEW,
+                trace_id,
+                span_id,
+                None,
+                sampled,
+                format_sentry_trace(trace_id, span_id, sampled),
+                serialize_baggage(dsc, third_party) if third_party else dsc,
+                format_traceparent(trace_id, span_id, sampled) if self._traceparent else None,
+            ),
         )

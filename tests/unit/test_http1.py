@@ -580,7 +580,7 @@ class FixedPropagator(Propagator):
         super().__init__(make_propagator().config, CountingIds())
         self.fixed = fixed
 
-    def decide(self, url: str, request: Carrier) -> Decision:
+    def decide_matched(self, request: Carrier) -> Decision:
         return self.fixed
 
 
