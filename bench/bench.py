@@ -896,6 +896,7 @@ def versions(bins: dict[str, str]) -> dict[str, Any]:
         "wrk": _first_line([bins["wrk"], "-v"]),
         "curl": _first_line([bins["curl"], "-V"]),
         "python": sys.version.split()[0],
+        "python_executable": os.path.realpath(sys.executable),
     }
     for package in ("trace-proxy", "uvloop", "httptools", "aiohttp", "pydantic"):
         try:
@@ -1453,6 +1454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print()
     print(f"trace-proxy benchmark ({mode}; medians of {opts.rounds} round(s); {report['date']})")
+    print(f"trace-proxy on Python {platform.python_version()} at {os.path.realpath(sys.executable)}")
     print()
     print(text)
     rss = report.get("rss_run") or {}

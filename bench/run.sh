@@ -2,9 +2,9 @@
 # Side-by-side benchmark of trace-proxy: `bash bench/run.sh [--quick] [bench.py options]` from a clean checkout.
 #
 # Installs what the benchmark needs when it is missing (wrk, nginx-light, squid, tinyproxy, curl from Debian, which
-# needs root; the packages' own services are not started), creates .venv and installs trace-proxy into it
-# (`pip install -e .`) when trace-proxy is not installed there, then hands over to bench/bench.py with the venv's
-# Python. `--quick` is CI's smoke run (about a minute); without it the full run takes about 12 minutes.
+# needs root; the packages' own services are not started), creates bench/.venv on the system's Python >= 3.11 (or
+# TRACE_PROXY_PYTHON) and installs trace-proxy into it (`pip install -e .`), then hands over to
+# bench/bench.py with that venv's Python. `--quick` is CI's smoke run (about a minute); without it the full run takes about 12 minutes.
 # Results: a table on stdout and bench/results/latest.json.
 set -euo pipefail
 
@@ -45,21 +45,33 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
 fi
 
-if ! .venv/bin/python -c 'import proxy.app' >/dev/null 2>&1 || [ ! -x .venv/bin/trace-proxy ]; then
-    if [ ! -x .venv/bin/python ]; then
-        python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
-            echo "bench: trace-proxy needs Python >= 3.11; python3 is $(python3 -V 2>&1)" >&2
-            exit 1
-        }
-        if ! python3 -m venv .venv; then
-            rm -rf .venv  # Debian's python3 ships venv separately
-            [ "$(id -u)" -eq 0 ] || { echo "bench: install python3-venv, then re-run" >&2; exit 1; }
-            apt-get update -qq && apt-get install -y -qq python3-venv
-            python3 -m venv .venv
-        fi
+# The interpreter trace-proxy runs on decides much of its cost per request. Deployments run an optimised CPython
+# (the python:*-slim image and the distributions' packages are built with PGO and LTO; a pyenv build by default is
+# not: the same requests cost this proxy ~15-25 % more CPU there), so the benchmark runs trace-proxy on the system's
+# Python when it is >= 3.11, else on python3 from PATH; TRACE_PROXY_PYTHON names another. Its own venv,
+# bench/.venv, is (re)made for the interpreter chosen.
+usable='import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))'
+python=""
+for candidate in ${TRACE_PROXY_PYTHON:-/usr/bin/python3 python3}; do
+    path=$(command -v "${candidate}" 2>/dev/null) || continue
+    if "${path}" -c "${usable}" >/dev/null 2>&1; then
+        python=$(readlink -f "${path}")
+        break
     fi
-    echo "bench: pip install -e ."
-    .venv/bin/pip install -q -e .
+done
+if [ -z "${python}" ]; then
+    echo "bench: no Python >= 3.11 with venv among: ${TRACE_PROXY_PYTHON:-/usr/bin/python3 python3}" >&2
+    exit 1
+fi
+echo "bench: trace-proxy runs on ${python} ($("${python}" -V 2>&1))"
+venv_dir=bench/.venv
+if [ ! -x "${venv_dir}/bin/python" ] || [ "$(readlink -f "${venv_dir}/bin/python")" != "${python}" ]; then
+    rm -rf "${venv_dir}"
+    "${python}" -m venv "${venv_dir}"
+fi
+if ! "${venv_dir}/bin/python" -c 'import proxy.app' >/dev/null 2>&1 || [ ! -x "${venv_dir}/bin/trace-proxy" ]; then
+    echo "bench: pip install -e . into ${venv_dir}"
+    "${venv_dir}/bin/pip" install -q -e .
 fi
 
 # 1,000 idle client connections need more than the usual 1,024 descriptors (client, proxy and origin sides).
@@ -70,4 +82,4 @@ else
     ulimit -n "${hard}"
 fi
 
-exec .venv/bin/python bench/bench.py "$@"
+exec "${venv_dir}/bin/python" bench/bench.py "$@"

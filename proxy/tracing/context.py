@@ -46,8 +46,6 @@ _SAMPLE_RATE: Final = SENTRY_PREFIX + "sample_rate"
 _ORG_ID: Final = SENTRY_PREFIX + "org_id"
 _TRACE_ID_MEMBER: Final = SENTRY_PREFIX + "trace_id="
 _SAMPLE_RAND_MEMBER: Final = _SAMPLE_RAND + "="
-_SAMPLE_RAND_INFIX: Final = "," + _SAMPLE_RAND_MEMBER
-_SAMPLED_INFIX: Final = {True: "," + SENTRY_PREFIX + "sampled=true", False: "," + SENTRY_PREFIX + "sampled=false"}
 # The low 52 bits of a trace id (its last 13 hex digits) are random in every id an SDK or
 # OpenTelemetry generates (W3C Trace Context level 2 asks for the last 56 bits to be random).
 _DERIVE_HEX_DIGITS: Final = 13
@@ -230,11 +228,8 @@ def start_trace(config: PropagationConfig, trace_id: str, draw: float) -> tuple[
     steps = int(draw * SAMPLE_RAND_GRID)
     if not 0 <= steps < SAMPLE_RAND_GRID:  # a draw a hair below 1 can round up in the product
         steps = 0 if steps < 0 else SAMPLE_RAND_GRID - 1
-    # One f-string per trace (this runs for every request that starts one); `0.{steps:06d}` is format_sample_rand.
     rate = config.traces_sample_rate
-    if rate is None:
-        return None, f"{_TRACE_ID_MEMBER}{trace_id}{config.new_dsc_infix}{_SAMPLE_RAND_INFIX}0.{steps:06d}"
-    sampled = steps / SAMPLE_RAND_GRID < rate
-    return sampled, (
-        f"{_TRACE_ID_MEMBER}{trace_id}{config.new_dsc_infix}{_SAMPLED_INFIX[sampled]}{_SAMPLE_RAND_INFIX}0.{steps:06d}"
-    )
+    sampled = None if rate is None else steps / SAMPLE_RAND_GRID < rate
+    # str(GRID + steps)[1:] is format_sample_rand(steps)'s six digits; the rest is precomputed (this runs for
+    # every request that starts a trace).
+    return sampled, _TRACE_ID_MEMBER + trace_id + config.new_dsc_tails[sampled] + str(SAMPLE_RAND_GRID + steps)[1:]

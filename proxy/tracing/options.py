@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -113,9 +114,10 @@ class PropagationConfig:
     """The DSC members of a new trace that do not depend on the trace (after ``trace_id``,
     before ``sampled``/``sample_rand``): public_key, org_id, environment, release,
     sample_rate, each only when known."""
-    new_dsc_infix: str
-    """``new_dsc_members`` as written between ``trace_id`` and the per-trace members: each
-    member preceded by a comma."""
+    new_dsc_tails: Mapping[bool | None, str]
+    """A new trace's DSC after its ``trace_id`` value, by sampling decision, up to the
+    ``sample_rand`` digits: ``,{new_dsc_members},sentry-sampled=…,sentry-sample_rand=0.``
+    (no ``sampled`` member for ``None``). Written once here, not per trace."""
 
     @classmethod
     def from_options(
@@ -165,5 +167,12 @@ class PropagationConfig:
             sample_rate_text=rate_text,
             sample_rate_member=rate_member,
             new_dsc_members=tuple(static),
-            new_dsc_infix="".join("," + member for member in static),
+            new_dsc_tails=MappingProxyType(
+                {
+                    sampled: "".join("," + member for member in static)
+                    + ("" if sampled is None else f",{SENTRY_PREFIX}sampled={'true' if sampled else 'false'}")
+                    + f",{SENTRY_PREFIX}sample_rand=0."
+                    for sampled in (True, False, None)
+                }
+            ),
         )

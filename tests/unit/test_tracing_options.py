@@ -99,7 +99,12 @@ def test_from_options_precomputes_the_new_dsc() -> None:
         "sentry-release=billing%401.4.2",
         "sentry-sample_rate=1.0",
     )
-    assert cfg.new_dsc_infix == "," + ",".join(cfg.new_dsc_members)
+    infix = "," + ",".join(cfg.new_dsc_members)
+    assert dict(cfg.new_dsc_tails) == {
+        True: infix + ",sentry-sampled=true,sentry-sample_rand=0.",
+        False: infix + ",sentry-sampled=false,sentry-sample_rand=0.",
+        None: infix + ",sentry-sample_rand=0.",
+    }
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.org_id = "1"  # type: ignore[misc]
 
@@ -108,7 +113,7 @@ def test_from_options_leaves_out_what_is_unknown() -> None:
     cfg = config(dsn="", environment="", release="", traces_sample_rate=None)
     assert (cfg.public_key, cfg.org_id, cfg.sample_rate_text, cfg.sample_rate_member) == (None, None, None, None)
     assert cfg.new_dsc_members == ()
-    assert cfg.new_dsc_infix == ""
+    assert cfg.new_dsc_tails[None] == ",sentry-sample_rand=0."
 
 
 def test_org_id_option_wins_over_the_dsn() -> None:
