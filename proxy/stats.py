@@ -1,13 +1,11 @@
-"""Counters of what the proxy did, bumped in one place per event so a metrics endpoint can read them later."""
+"""Counters of what the proxy did, bumped in one place per event so a metrics endpoint can read them later.
+
+A proxied request is counted where it ends, in `ClientConnection._ended` (requests, by trace source, by status);
+requests the proxy refuses and tunnels through the methods here."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from proxy.tracing import TraceSource
-
-if TYPE_CHECKING:
-    from proxy.server.forward import Exchange
 
 
 class Stats:
@@ -22,12 +20,6 @@ class Stats:
         self.by_source: dict[TraceSource, int] = dict.fromkeys(TraceSource, 0)
         self.by_status = [0] * 1000  # index: status code (llhttp accepts three digits only)
         self.rejected_by_status: dict[int, int] = {}
-
-    def exchange_done(self, exchange: Exchange) -> None:
-        """A proxied request ended (answered, failed or cut off)."""
-        self.requests += 1
-        self.by_source[exchange.plan.decision.source] += 1
-        self.by_status[exchange.status] += 1
 
     def rejected(self, status: int) -> None:
         """A request the proxy answered itself without forwarding it."""

@@ -331,9 +331,13 @@ class ClientConnection(asyncio.Protocol):
             self._resume(_PENDING)
 
     def _ended(self, exchange: Exchange) -> None:
-        """The one place an exchange ends: its end time for the span record, and the counters."""
+        """The one place an exchange ends: its end time for the span record, and the counters (bumped here, not
+        through a call: this runs for every request)."""
         exchange.ended = self._now()
-        self._stats.exchange_done(exchange)
+        stats = self._stats
+        stats.requests += 1
+        stats.by_source[exchange.plan.decision.source] += 1
+        stats.by_status[exchange.status] += 1
 
     def _drop_upstream(self, up: UpstreamConnection) -> None:
         """Cut the origin connection of an exchange that will not complete there."""

@@ -261,12 +261,12 @@ def plan_request(
         special = special | dropped
 
     parts: list[bytes] = [method, b" ", path, b" HTTP/1.1\r\nHost: ", authority, b"\r\n"]
-    carrier: dict[str, list[str]] = {}
+    carrier: dict[str, list[str]] | None = None  # the trace headers the propagator reads, when there are any
     body = Framing.NONE
     hosts = 0
     te_value = b""
     upgrade_value = b""
-    named: list[bytes] = []
+    named: list[bytes] | None = None
     for name, value in headers:
         lname = name.lower()
         if lname not in special:
@@ -287,10 +287,13 @@ def plan_request(
             if http11:
                 parts += (name, b": ", value, b"\r\n")
         elif lname == b"connection" or lname == b"proxy-connection":
-            named.extend(t for t in _connection_tokens(value) if t not in _CONNECTION_OPTIONS)
+            tokens = [t for t in _connection_tokens(value) if t not in _CONNECTION_OPTIONS]
+            named = tokens if named is None else named + tokens
         elif lname == b"upgrade":
             upgrade_value = value
         elif lname in policy.trace_names:
+            if carrier is None:
+                carrier = {}
             carrier.setdefault(lname.decode("ascii"), []).append(value.decode("latin-1"))
     if named and not dropped:
         # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1): plan again without them.
@@ -309,7 +312,7 @@ def plan_request(
     else:
         upgrade = False
     if matches:
-        decision = propagator.decide_matched(carrier)
+        decision = propagator.decide_matched(carrier or _NO_CARRIER)
         parts += (b"sentry-trace: ", decision.sentry_trace.encode(), b"\r\n")  # type: ignore[union-attr]
         if decision.baggage:
             parts += (b"baggage: ", decision.baggage.encode("latin-1"), b"\r\n")
@@ -337,7 +340,7 @@ def _scheme_length(target: bytes) -> int:
     raise RequestRejected(400, "request target must be an absolute http:// URL")
 
 
-_EMPTY: frozenset[bytes] = frozenset()
+_NO_CARRIER: dict[str, list[str]] = {}  # never written to
 _UNTOUCHED = Decision(
     source=TraceSource.UNTOUCHED,
     trace_id=None,
