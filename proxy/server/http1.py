@@ -427,15 +427,21 @@ def plan_response(
         and not force_close
         and (client_http11 or match is not None)
     ):
-        at = lower.find(b"\r\ncontent-length:")
-        if at >= 0:
-            value = lower[at + 17 : lower.find(b"\r", at + 17)].strip(b" \t")
-            if value.isdigit():  # llhttp let through one well-formed length at most
-                no_body = request_is_head or status == 204 or status == 304
-                return _new_tuple(
-                    ResponsePlan, (head, Framing.NONE if no_body else Framing.LENGTH, int(value), False, False)
-                )
+        length = _content_length(lower)
+        if length >= 0:
+            no_body = request_is_head or status == 204 or status == 304
+            return _new_tuple(ResponsePlan, (head, Framing.NONE if no_body else Framing.LENGTH, length, False, False))
     return _rewrite_response(status, head[:-2], lower, request_is_head, client_http11, client_keep_alive, force_close)
+
+
+def _content_length(lower: bytes) -> int:
+    """The Content-Length of a lowercased response head, or -1 when it has none (llhttp let through one
+    well-formed length at most)."""
+    at = lower.find(b"\r\ncontent-length:")
+    if at < 0:
+        return -1
+    value = lower[at + 17 : lower.find(b"\r", at + 17)].strip(b" \t")
+    return int(value) if value.isdigit() else -1
 
 
 def _rewrite_response(
@@ -456,13 +462,12 @@ def _rewrite_response(
         # llhttp already refused Content-Length together with Transfer-Encoding.
         framing = Framing.CHUNKED if te_value.rsplit(b",", 1)[-1].strip() == b"chunked" else Framing.CLOSE
     else:
-        at = lower.find(b"\r\ncontent-length:")
-        value = lower[at + 17 : lower.find(b"\r", at + 17)].strip(b" \t") if at >= 0 else b""
-        if value.isdigit():  # llhttp let through one well-formed length at most
+        content_length = _content_length(lower)
+        if content_length >= 0:
             framing = Framing.LENGTH
-            content_length = int(value)
         else:
             framing = Framing.CLOSE
+            content_length = 0
     no_body = request_is_head or status in (204, 304) or status < 200
     # A chunked body for an HTTP/1.0 client is decoded and ends with the connection; a close-delimited one too.
     dechunk = not no_body and framing is Framing.CHUNKED and not client_http11

@@ -71,7 +71,6 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_body_from",
         "_data",
-        "_framing",
         "_garbage",
         "_head_buf",
         "_head_start",
@@ -122,7 +121,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._body_from = -1  # where the body starts in `_data` (-1: no body bytes in this read)
         self._remaining = 0  # body bytes still expected, for a Content-Length body
         self._plan: ResponsePlan | None = None
-        self._framing = Framing.NONE  # the response body's framing from the origin, once the head is in
         self.complete = False
         self.dechunk = False
         self._garbage = False
@@ -196,7 +194,9 @@ class UpstreamConnection(asyncio.Protocol):
         out = self.out
         body_from = self._body_from
         if body_from >= 0 and not self.dechunk:
-            framing = self._framing
+            plan = self._plan
+            assert plan is not None
+            framing = plan.upstream_framing
             if framing is not Framing.NONE:
                 body = data[body_from:] if body_from else data
                 if framing is Framing.LENGTH:
@@ -265,7 +265,7 @@ class UpstreamConnection(asyncio.Protocol):
         exchange = self.exchange
         if exchange is None:
             return
-        if self._framing is Framing.CLOSE and not self.complete:
+        if self._plan is not None and self._plan.upstream_framing is Framing.CLOSE and not self.complete:
             # A read-until-close body ends here, complete.
             self.complete = True
             client.response_complete(exchange, True)
@@ -335,7 +335,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         exchange.status = status
         self._plan = plan
-        framing = self._framing = plan.upstream_framing
+        framing = plan.upstream_framing
         self._keep_alive = parser.should_keep_alive()
         self._in_body = True
         self.dechunk = plan.dechunk
@@ -370,7 +370,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._keep_alive
             and not self._garbage
             and exchange.body_done
-            and self._framing is not Framing.CLOSE
+            and plan.upstream_framing is not Framing.CLOSE
             and not exchange.plan.upgrade
         ):
             # Back to the state of a new connection, then to the pool.
@@ -380,7 +380,6 @@ class UpstreamConnection(asyncio.Protocol):
             self._data = b""
             self._head_start = 0
             self._plan = None
-            self._framing = Framing.NONE
             self.complete = False
             self.dechunk = False
             self._in_body = False

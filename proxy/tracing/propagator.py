@@ -152,6 +152,7 @@ _ZERO_TRACE_ID: Final = "0" * 32
 _ZERO_SPAN_ID: Final = "0" * 16
 _UNTOUCHED: Final = Decision(TraceSource.UNTOUCHED, None, None, None, None, None, None, None)
 _NO_BAGGAGE: Final = _RequestBaggage(EMPTY_DSC, (), None)
+_NOTHING_READ: Final[tuple[IncomingTrace | None, _RequestBaggage]] = (None, _NO_BAGGAGE)
 # A service sends the same baggage on every outbound call of one transaction: parse it once.
 # The cache is dropped when full (cheaper than LRU bookkeeping); over-long headers, which are
 # not typical, are not cached at all. Entries are immutable and plain dict operations are
@@ -270,14 +271,8 @@ class Propagator:
 
     def decide_matched(self, request: Carrier) -> Decision:
         """:meth:`decide` for a request whose URL the caller already found in the targets (:meth:`matches`)."""
-        if not request:
-            # No trace header on the request (the usual case for a service without an SDK).
-            env = self._env
-            if env is None:
-                return self._new(())
-            env_trace, sampled, _, alone = env
-            return self._continued(TraceSource.ENVIRONMENT, env_trace, sampled, alone)
-        incoming, baggage = self._read(request)
+        # No trace header on the request is the usual case for a service without an SDK: nothing to read then.
+        incoming, baggage = self._read(request) if request else _NOTHING_READ
         if incoming is not None:
             if should_continue(self._config, incoming):
                 sampled, dsc = continue_trace(self._config, incoming)
