@@ -365,10 +365,9 @@ _HOP_LINE = re.compile(
 _KEEP_ALIVE_LINE: Final = b"\r\nconnection: keep-alive"
 
 
-def _strip_hop_lines(head: bytes, lower: bytes) -> tuple[bytes, bytes, bytes]:
+def _strip_hop_lines(head: bytes, lower: bytes, match: re.Match[bytes] | None) -> tuple[bytes, bytes, bytes]:
     """`head` without its hop-by-hop lines (and the fields its Connection names); its Transfer-Encoding and
-    Upgrade values, lowercased."""
-    match = _HOP_LINE.search(lower)
+    Upgrade values, lowercased. `match`: the first `_HOP_LINE` in `lower`, which the caller has searched for."""
     if match is None:
         return head, b"", b""
     pieces: list[bytes] = []
@@ -431,7 +430,9 @@ def plan_response(
         if length >= 0:
             no_body = request_is_head or status == 204 or status == 304
             return _new_tuple(ResponsePlan, (head, Framing.NONE if no_body else Framing.LENGTH, length, False, False))
-    return _rewrite_response(status, head[:-2], lower, request_is_head, client_http11, client_keep_alive, force_close)
+    return _rewrite_response(
+        status, head[:-2], lower, match, request_is_head, client_http11, client_keep_alive, force_close
+    )
 
 
 def _content_length(lower: bytes) -> int:
@@ -448,6 +449,7 @@ def _rewrite_response(
     status: int,
     head: bytes,
     lower: bytes,
+    first_hop: re.Match[bytes] | None,
     request_is_head: bool,
     client_http11: bool,
     client_keep_alive: bool,
@@ -456,7 +458,7 @@ def _rewrite_response(
     """`plan_response` for a head that must change; `head` ends with the CRLF of its last field line."""
     if head[5:8] != b"1.1":
         head = b"HTTP/1.1" + head[8:]
-    head, te_value, _ = _strip_hop_lines(head, lower)
+    head, te_value, _ = _strip_hop_lines(head, lower, first_hop)
     content_length = 0
     if te_value:
         # llhttp already refused Content-Length together with Transfer-Encoding.
@@ -493,6 +495,7 @@ def plan_switching_protocols(head: bytes) -> bytes:
     head = head[:-2]
     if head[5:8] != b"1.1":
         head = b"HTTP/1.1" + head[8:]
-    head, _, upgrade_value = _strip_hop_lines(head, head.lower())
+    lower = head.lower()
+    head, _, upgrade_value = _strip_hop_lines(head, lower, _HOP_LINE.search(lower))
     upgrade = b"Upgrade: %s\r\n" % upgrade_value if upgrade_value else b""
     return b"%sConnection: Upgrade\r\n%s\r\n" % (head, upgrade)
