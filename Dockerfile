@@ -6,18 +6,32 @@
 # The configuration is /etc/trace-proxy/config.toml (a copy of config.example.toml); mount your own file there, or
 # override single keys with TRACE_PROXY_<SECTION>__<KEY> and SENTRY_DSN/SENTRY_ENVIRONMENT/SENTRY_RELEASE/
 # SENTRY_TRACES_SAMPLE_RATE (see README.md, "Configuration").
+
+# Build stage: `pip install .` with the hot-path modules compiled by mypyc (TRACE_PROXY_MYPYC=1, see setup.py),
+# which needs a C compiler; the compiler stays in this stage, the runtime image gets only the installed files.
+FROM python:3.11-slim AS build
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_INPUT=1
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+
+COPY pyproject.toml setup.py README.md /src/
+COPY build_support/ /src/build_support/
+COPY proxy/ /src/proxy/
+RUN TRACE_PROXY_MYPYC=1 pip install --no-cache-dir --prefix=/install /src \
+    && python -c "import sys; sys.path.insert(0, '/install/lib/python3.11/site-packages'); \
+import proxy.server.forward as m; assert m.__file__.endswith('.so'), m.__file__"
+
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_INPUT=1
+    PYTHONDONTWRITEBYTECODE=1
 
-# Only what the package build needs; every dependency has a wheel for this image, so no compiler is installed.
-COPY pyproject.toml README.md /tmp/trace-proxy/
-COPY proxy/ /tmp/trace-proxy/proxy/
-RUN pip install --no-cache-dir /tmp/trace-proxy \
-    && rm -rf /tmp/trace-proxy
+# The installed package, its dependencies (all wheels for this image) and the console script.
+COPY --from=build /install /usr/local
 
 # A fixed non-root UID/GID >= 10000 (Debian already has a user named "proxy").
 RUN groupadd --gid 10001 tproxy \

@@ -30,6 +30,7 @@ import ctypes
 import datetime as dt
 import functools
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -888,6 +889,15 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def trace_proxy_build() -> str:
+    """Whether the installed trace-proxy runs its hot path compiled (mypyc, TRACE_PROXY_MYPYC=1) or interpreted."""
+    spec = importlib.util.find_spec("proxy.server.forward")
+    origin = spec.origin if spec is not None else None
+    if origin is None:
+        return "not installed"
+    return "compiled (mypyc)" if not origin.endswith(".py") else "interpreted"
+
+
 def versions(bins: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "nginx": _first_line([bins["nginx"], "-v"]),
@@ -897,6 +907,7 @@ def versions(bins: dict[str, str]) -> dict[str, Any]:
         "curl": _first_line([bins["curl"], "-V"]),
         "python": sys.version.split()[0],
         "python_executable": os.path.realpath(sys.executable),
+        "trace_proxy_build": trace_proxy_build(),
     }
     for package in ("trace-proxy", "uvloop", "httptools", "aiohttp", "pydantic"):
         try:
@@ -1454,7 +1465,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print()
     print(f"trace-proxy benchmark ({mode}; medians of {opts.rounds} round(s); {report['date']})")
-    print(f"trace-proxy on Python {platform.python_version()} at {os.path.realpath(sys.executable)}")
+    print(
+        f"trace-proxy on Python {platform.python_version()} at {os.path.realpath(sys.executable)}, "
+        f"hot path {report['versions'].get('trace_proxy_build', '?')}"
+    )
     print()
     print(text)
     rss = report.get("rss_run") or {}

@@ -3,7 +3,7 @@
 #
 # Installs what the benchmark needs when it is missing (wrk, nginx-light, squid, tinyproxy, curl from Debian, which
 # needs root; the packages' own services are not started), creates bench/.venv on the system's Python >= 3.11 (or
-# TRACE_PROXY_PYTHON) and installs trace-proxy into it (`pip install -e .`), then hands over to
+# TRACE_PROXY_PYTHON) and installs trace-proxy into it (`pip install .`, hot path compiled), then hands over to
 # bench/bench.py with that venv's Python. `--quick` is CI's smoke run (about a minute); without it the full run takes about 12 minutes.
 # Results: a table on stdout and bench/results/latest.json.
 set -euo pipefail
@@ -64,14 +64,37 @@ if [ -z "${python}" ]; then
     exit 1
 fi
 echo "bench: trace-proxy runs on ${python} ($("${python}" -V 2>&1))"
+# The hot-path modules are compiled with mypyc (TRACE_PROXY_MYPYC=1, as the Docker image builds them; see setup.py):
+# that needs a C compiler and the interpreter's headers. TRACE_PROXY_MYPYC=0 benchmarks the interpreted modules.
+mypyc=${TRACE_PROXY_MYPYC:-1}
+if [ "${mypyc}" = 1 ]; then
+    headers=$("${python}" -c 'import os, sysconfig; print(os.path.isfile(sysconfig.get_paths()["include"] + "/Python.h"))')
+    need=()
+    command -v cc >/dev/null 2>&1 || need+=(gcc)
+    [ "${headers}" = True ] || need+=(python3-dev)
+    if [ "${#need[@]}" -gt 0 ]; then
+        if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1 || [ "${python}" != "$(readlink -f /usr/bin/python3)" ]; then
+            echo "bench: compiling needs ${need[*]} for ${python}: install them, or run with TRACE_PROXY_MYPYC=0" >&2
+            exit 1
+        fi
+        echo "bench: installing ${need[*]} from Debian (to compile the hot path)"
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${need[@]}"
+    fi
+fi
 venv_dir=bench/.venv
 if [ ! -x "${venv_dir}/bin/python" ] || [ "$(readlink -f "${venv_dir}/bin/python")" != "${python}" ]; then
     rm -rf "${venv_dir}"
     "${python}" -m venv "${venv_dir}"
 fi
-if ! "${venv_dir}/bin/python" -c 'import proxy.app' >/dev/null 2>&1 || [ ! -x "${venv_dir}/bin/trace-proxy" ]; then
-    echo "bench: pip install -e . into ${venv_dir}"
-    "${venv_dir}/bin/pip" install -q -e .
+# A regular (not editable) install, so that compiled modules live in the venv, never beside the sources; it is
+# redone whenever the sources or the build mode changed since the last one.
+stamp="${mypyc} $(cat pyproject.toml setup.py build_support/* $(find proxy -name '*.py' | sort) | sha256sum | cut -c1-16)"
+if [ "$(cat "${venv_dir}/.installed" 2>/dev/null)" != "${stamp}" ] || [ ! -x "${venv_dir}/bin/trace-proxy" ]; then
+    echo "bench: pip install . into ${venv_dir} (TRACE_PROXY_MYPYC=${mypyc})"
+    rm -f "${venv_dir}/.installed"
+    TRACE_PROXY_MYPYC=${mypyc} "${venv_dir}/bin/pip" install -q .
+    echo "${stamp}" >"${venv_dir}/.installed"
 fi
 
 # 1,000 idle client connections need more than the usual 1,024 descriptors (client, proxy and origin sides).
