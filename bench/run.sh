@@ -68,19 +68,7 @@ echo "bench: trace-proxy runs on ${python} ($("${python}" -V 2>&1))"
 # that needs a C compiler and the interpreter's headers. TRACE_PROXY_MYPYC=0 benchmarks the interpreted modules.
 mypyc=${TRACE_PROXY_MYPYC:-1}
 if [ "${mypyc}" = 1 ]; then
-    headers=$("${python}" -c 'import os, sysconfig; print(os.path.isfile(sysconfig.get_paths()["include"] + "/Python.h"))')
-    need=()
-    command -v cc >/dev/null 2>&1 || need+=(gcc)
-    [ "${headers}" = True ] || need+=(python3-dev)
-    if [ "${#need[@]}" -gt 0 ]; then
-        if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1 || [ "${python}" != "$(readlink -f /usr/bin/python3)" ]; then
-            echo "bench: compiling needs ${need[*]} for ${python}: install them, or run with TRACE_PROXY_MYPYC=0" >&2
-            exit 1
-        fi
-        echo "bench: installing ${need[*]} from Debian (to compile the hot path)"
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "${need[@]}"
-    fi
+    bash build_support/ensure-compiler.sh "${python}"
 fi
 venv_dir=bench/.venv
 if [ ! -x "${venv_dir}/bin/python" ] || [ "$(readlink -f "${venv_dir}/bin/python")" != "${python}" ]; then
