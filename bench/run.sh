@@ -4,7 +4,8 @@
 # Installs what the benchmark needs when it is missing (wrk, nginx-light, squid, tinyproxy, curl from Debian, which
 # needs root; the packages' own services are not started), creates bench/.venv on the system's Python >= 3.11 (or
 # TRACE_PROXY_PYTHON) and installs trace-proxy into it (`pip install .`, hot path compiled), then hands over to
-# bench/bench.py with that venv's Python. `--quick` is CI's smoke run (about a minute); without it the full run takes about 12 minutes.
+# bench/bench.py with that venv's Python. `--quick` is CI's smoke run (about a minute); without it the full run
+# takes about 12 minutes.
 # Results: a table on stdout and bench/results/latest.json.
 set -euo pipefail
 

@@ -15,17 +15,12 @@ def _compiling() -> bool:
     return os.environ.get("TRACE_PROXY_MYPYC", "") == "1"
 
 
-# setuptools' own versions of these hooks run setup.py, which imports mypyc when compiling: before this hook
-# has had mypy installed. trace-proxy has no setup_requires, so theirs would add nothing.
-
-
 def get_requires_for_build_wheel(config_settings: dict[str, Any] | None = None) -> list[str]:
+    """setuptools' own version of this hook runs setup.py, which imports mypyc when compiling: before this hook has
+    had mypy installed. trace-proxy has no setup_requires, so theirs would add nothing."""
     return [MYPYC_REQUIREMENT] if _compiling() else []
 
 
-def get_requires_for_build_editable(config_settings: dict[str, Any] | None = None) -> list[str]:
-    return [MYPYC_REQUIREMENT] if _compiling() else []
-
-
-def get_requires_for_build_sdist(config_settings: dict[str, Any] | None = None) -> list[str]:
-    return [MYPYC_REQUIREMENT] if _compiling() else []
+# The same for the other two builds.
+get_requires_for_build_editable = get_requires_for_build_wheel
+get_requires_for_build_sdist = get_requires_for_build_wheel
