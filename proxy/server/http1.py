@@ -238,16 +238,19 @@ def plan_request(
     if slash >= 0:
         authority = target[start:slash]
         path = target[slash:]
-        if b"#" in path:
-            path = path[: path.find(b"#")]
+        # find, not `in`: bytes.__contains__ first tries its argument as an int and formats a TypeError for it.
+        fragment = path.find(b"#")
+        if fragment >= 0:
+            path = path[:fragment]
         if path[:1] == b"?":
             path = b"/" + path
     else:
         authority = target[start:]
         # An empty path is `/`, except for OPTIONS, which then asks about the server itself (RFC 9112 §3.2.4).
         path = b"*" if method == b"OPTIONS" else b"/"
-        if b"#" in authority:
-            authority = authority[: authority.find(b"#")]
+        fragment = authority.find(b"#")
+        if fragment >= 0:
+            authority = authority[:fragment]
     origin = policy.authorities.get(authority)
     if origin is None:
         origin = split_authority(authority, 80)
@@ -362,7 +365,13 @@ _HOP_LINE = re.compile(
     rb"|t(?:e|ransfer-encoding)|upgrade):[^\r]*"
 )
 
-_KEEP_ALIVE_LINE: Final = b"\r\nconnection: keep-alive"
+# The same, except an exact `Connection: keep-alive` line: the one hop-by-hop line the usual response carries, which
+# can go out unchanged (see `plan_response`), so the usual response is checked with one search.
+_HOP_LINE_BUT_KEEP_ALIVE = re.compile(
+    rb"\r\n(?:connection(?!: keep-alive\r)|p(?:roxy-(?:connection|authenticate|authorization))|keep-alive"
+    rb"|t(?:e|ransfer-encoding)|upgrade):[^\r]*"
+)
+_KEEP_ALIVE_LINE: Final = b"\r\nconnection: keep-alive\r"
 
 
 def _strip_hop_lines(head: bytes, lower: bytes, match: re.Match[bytes] | None) -> tuple[bytes, bytes, bytes]:
@@ -417,21 +426,27 @@ def plan_response(
     the client connection, which RFC 9110 §7.6.1 allows in place of the origin's.
     """
     lower = head.lower()
-    match = _HOP_LINE.search(lower)
     if (
-        (match is None or (match.group() == _KEEP_ALIVE_LINE and _HOP_LINE.search(lower, match.end()) is None))
+        _HOP_LINE_BUT_KEEP_ALIVE.search(lower) is None
         and status >= 200
         and head[5:8] == b"1.1"
         and client_keep_alive
         and not force_close
-        and (client_http11 or match is not None)
+        and (client_http11 or lower.find(_KEEP_ALIVE_LINE) >= 0)
     ):
         length = _content_length(lower)
         if length >= 0:
             no_body = request_is_head or status == 204 or status == 304
             return _new_tuple(ResponsePlan, (head, Framing.NONE if no_body else Framing.LENGTH, length, False, False))
     return _rewrite_response(
-        status, head[:-2], lower, match, request_is_head, client_http11, client_keep_alive, force_close
+        status,
+        head[:-2],
+        lower,
+        _HOP_LINE.search(lower),
+        request_is_head,
+        client_http11,
+        client_keep_alive,
+        force_close,
     )
 
 

@@ -232,4 +232,4 @@ def start_trace(config: PropagationConfig, trace_id: str, draw: float) -> tuple[
     sampled = None if rate is None else steps / SAMPLE_RAND_GRID < rate
     # str(GRID + steps)[1:] is format_sample_rand(steps)'s six digits; the rest is precomputed (this runs for
     # every request that starts a trace).
-    return sampled, _TRACE_ID_MEMBER + trace_id + config.new_dsc_tails[sampled] + str(SAMPLE_RAND_GRID + steps)[1:]
+    return sampled, f"{_TRACE_ID_MEMBER}{trace_id}{config.new_dsc_tails[sampled]}{str(SAMPLE_RAND_GRID + steps)[1:]}"

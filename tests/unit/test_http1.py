@@ -682,6 +682,27 @@ def test_usual_head_is_relayed_unchanged() -> None:
         assert plan == ResponsePlan(head, Framing.LENGTH, 5, False, False)
 
 
+@pytest.mark.parametrize(
+    "hop_lines",
+    [
+        # Only the exact `Connection: keep-alive` line may go out as the proxy's own option; anything more is rewritten.
+        b"Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\n",
+        b"Connection: keep-alive-ish\r\n",
+        b"Connection: keep-alive\r\nKeep-Alive: timeout=5\r\n",
+        b"Keep-Alive: timeout=5\r\nConnection: keep-alive\r\n",
+        b"Connection: keep-alive\r\nTE: trailers\r\n",
+        b"Connection: keep-alive\r\nConnection: close\r\n",
+    ],
+)
+def test_keep_alive_line_with_other_hop_fields_is_rewritten(hop_lines: bytes) -> None:
+    head = b"HTTP/1.1 200 OK\r\nServer: o\r\nContent-Length: 5\r\n" + hop_lines + b"ETag: x\r\n\r\n"
+    plan = plan_response(
+        200, head, request_is_head=False, client_http11=True, client_keep_alive=True, force_close=False
+    )
+    assert plan.head == b"HTTP/1.1 200 OK\r\nServer: o\r\nContent-Length: 5\r\nETag: x\r\n\r\n"
+    assert (plan.upstream_framing, plan.content_length, plan.close_client) == (Framing.LENGTH, 5, False)
+
+
 def test_keep_alive_line_is_replaced_when_the_client_connection_closes() -> None:
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\n"
     plan = respond(200, head, force_close=True)
