@@ -1183,12 +1183,12 @@ def checks(
 def parse_args(argv: Sequence[str] | None) -> Options:
     parser = argparse.ArgumentParser(
         description="Side-by-side benchmark of trace-proxy (run it through bench/run.sh).",
-        epilog="Full run: 3 rounds of 2 s warm-up + 8 s windows, 1,000 idle connections, a 256 MiB CONNECT "
-        "transfer and a 60 s RSS run (about 12 minutes). --quick: 1 round of 1 s + 1 s, a 32 MiB transfer and a "
+        epilog="Full run: 5 rounds of 2 s warm-up + 8 s windows, 1,000 idle connections, a 256 MiB CONNECT "
+        "transfer and a 60 s RSS run (about 17 minutes). --quick: 1 round of 1 s + 1 s, a 32 MiB transfer and a "
         "3 s RSS run (about a minute).",
     )
     parser.add_argument("--quick", action="store_true", help="CI's smoke run: one short round")
-    parser.add_argument("--rounds", type=int, help="rounds of interleaved targets (default 3, quick 1)")
+    parser.add_argument("--rounds", type=int, help="rounds of interleaved targets (default 5, quick 1)")
     parser.add_argument("--warmup", type=int, help="seconds of warm-up before each point (default 2, quick 1)")
     parser.add_argument("--window", type=int, help="seconds of each measured window (default 8, quick 1)")
     parser.add_argument("--idle-conns", type=int, default=1000, help="idle client connections (default 1000)")
@@ -1206,7 +1206,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     quick = bool(a.quick)
     return Options(
         quick=quick,
-        rounds=a.rounds or (1 if quick else 3),
+        rounds=a.rounds or (1 if quick else 5),
         warmup=a.warmup or (1 if quick else 2),
         window=a.window or (1 if quick else 8),
         idle_count=a.idle_conns,
