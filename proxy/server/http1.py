@@ -359,17 +359,15 @@ _UNTOUCHED = Decision(
 # A response head line that is hop-by-hop (RFC 9110 §7.6.1), with the CRLF before it, searched in the lowercased
 # head (Trailer stays: chunked bodies and their trailer fields are relayed as the origin wrote them).
 # llhttp has already checked the grammar (token names, no whitespace before the colon, CRLF line ends), so the
-# search is exact; the alternation is factored by first letter because this runs for every response.
-_HOP_LINE = re.compile(
-    rb"\r\n(?:connection|p(?:roxy-(?:connection|authenticate|authorization))|keep-alive"
-    rb"|t(?:e|ransfer-encoding)|upgrade):[^\r]*"
+# search is exact; the alternation is factored by first letter because it runs for every response.
+_HOP_NAMES_BUT_CONNECTION = (
+    rb"p(?:roxy-(?:connection|authenticate|authorization))|keep-alive|t(?:e|ransfer-encoding)|upgrade"
 )
-
-# The same, except an exact `Connection: keep-alive` line: the one hop-by-hop line the usual response carries, which
-# can go out unchanged (see `plan_response`), so the usual response is checked with one search.
+_HOP_LINE = re.compile(rb"\r\n(?:connection|" + _HOP_NAMES_BUT_CONNECTION + rb"):[^\r]*")
+# The same but an exact `Connection: keep-alive` line, the one hop-by-hop line the usual response carries and which
+# may go out unchanged (see `plan_response`): the usual response is checked with this one search.
 _HOP_LINE_BUT_KEEP_ALIVE = re.compile(
-    rb"\r\n(?:connection(?!: keep-alive\r)|p(?:roxy-(?:connection|authenticate|authorization))|keep-alive"
-    rb"|t(?:e|ransfer-encoding)|upgrade):[^\r]*"
+    rb"\r\n(?:connection(?!: keep-alive\r)|" + _HOP_NAMES_BUT_CONNECTION + rb"):[^\r]*"
 )
 _KEEP_ALIVE_LINE: Final = b"\r\nconnection: keep-alive\r"
 
