@@ -232,31 +232,32 @@ def plan_request(
     """
     start = 7 if target.startswith(b"http://") else _scheme_length(target)
     slash = target.find(b"/", start)
-    query = target.find(b"?", start)
-    if query >= 0 and (slash < 0 or query < slash):
-        slash = query
-    if slash >= 0:
-        authority = target[start:slash]
-        path = target[slash:]
+    authority = target[start:slash] if slash >= 0 else target[start:]
+    # Only authorities that split_authority accepted are cached, and it refuses `?` and `#`: for one seen before, the
+    # path starts at the first `/`. A new one is searched for a `?` or `#` that ends it sooner.
+    origin = policy.authorities.get(authority)
+    if origin is None:
+        for stop in (target.find(b"?", start), target.find(b"#", start)):
+            if stop >= 0 and (slash < 0 or stop < slash):
+                slash = stop
+        authority = target[start:slash] if slash >= 0 else target[start:]
+        origin = policy.authorities.get(authority)
+        if origin is None:
+            origin = split_authority(authority, 80)
+            if len(policy.authorities) >= 4096:
+                policy.authorities.clear()
+            policy.authorities[authority] = origin
+    path = target[slash:] if slash >= 0 else b""
+    if path:
         # find, not `in`: bytes.__contains__ first tries its argument as an int and formats a TypeError for it.
         fragment = path.find(b"#")
         if fragment >= 0:
             path = path[:fragment]
         if path[:1] == b"?":
             path = b"/" + path
-    else:
-        authority = target[start:]
+    if not path:
         # An empty path is `/`, except for OPTIONS, which then asks about the server itself (RFC 9112 §3.2.4).
         path = b"*" if method == b"OPTIONS" else b"/"
-        fragment = authority.find(b"#")
-        if fragment >= 0:
-            authority = authority[:fragment]
-    origin = policy.authorities.get(authority)
-    if origin is None:
-        origin = split_authority(authority, 80)
-        if len(policy.authorities) >= 4096:
-            policy.authorities.clear()
-        policy.authorities[authority] = origin
     propagator = policy.propagator
     matches = propagator.match_all or propagator.matches(target.decode("latin-1"))
     special = policy.special_names if matches else _REQUEST_SPECIAL

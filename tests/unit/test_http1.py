@@ -165,10 +165,22 @@ def names(head: bytes) -> list[bytes]:
 def test_absolute_form_becomes_origin_form(
     target: bytes, path: bytes, host_header: bytes | None, host: str | None, port: int
 ) -> None:
-    plan = request(target, policy=make_policy(targets=[]))
+    policy = make_policy(targets=[])
     host_header = host_header or b"example.com"
-    assert plan.head == b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path, host_header)
-    assert (plan.host, plan.port) == (host or "example.com", port)
+    for _ in ("new authority", "cached authority"):  # the cache must not change where the path starts
+        plan = request(target, policy=policy)
+        assert plan.head == b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path, host_header)
+        assert (plan.host, plan.port) == (host or "example.com", port)
+    assert list(policy.authorities) == [host_header]
+
+
+def test_cached_authority_does_not_swallow_a_query_or_fragment() -> None:
+    policy = make_policy(targets=[])
+    request(b"http://example.com/", policy=policy)
+    for target, path in ((b"http://example.com?a/b", b"/?a/b"), (b"http://example.com#f/x", b"/")):
+        plan = request(target, policy=policy)
+        assert plan.head == b"GET %s HTTP/1.1\r\nHost: example.com\r\n\r\n" % path
+    assert list(policy.authorities) == [b"example.com"]
 
 
 def test_host_line_comes_from_the_target_not_the_client() -> None:
