@@ -455,8 +455,12 @@ def _content_length(lower: bytes) -> int:
     at = lower.find(b"\r\ncontent-length:")
     if at < 0:
         return -1
-    value = lower[at + 17 : lower.find(b"\r", at + 17)].strip(b" \t")
-    return int(value) if value.isdigit() else -1
+    try:
+        # int() skips the whitespace around the value itself; llhttp let through nothing but digits between.
+        length = int(lower[at + 17 : lower.find(b"\r", at + 17)])
+    except ValueError:
+        return -1
+    return length if length >= 0 else -1
 
 
 def _rewrite_response(
