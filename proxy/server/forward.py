@@ -41,6 +41,11 @@ _LINGER_SECONDS = 2.0
 _ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
 
 
+def _may_name_connection(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a Connection or Proxy-Connection header may be among `headers` (a false yes only costs a lookup)."""
+    return any((len(name) == 10 or len(name) == 16) and name.lower().endswith(b"connection") for name, _ in headers)
+
+
 class Exchange:
     """One proxied request: its plan, its body on the way, and the record a span is made from later."""
 
@@ -231,20 +236,25 @@ class ClientConnection(asyncio.Protocol):
         ):
             raise RequestRejected(431, f"request head larger than {MAX_HEAD_BYTES // 1024} KiB")
         self._head_bytes = 0
-        version = parser.get_http_version()
-        if version == "1.1":
+        keep_alive = parser.should_keep_alive()
+        if keep_alive and not _may_name_connection(headers):
+            # llhttp keeps the connection of an HTTP/1.0 (or 0.9, 2.0) request open only when its Connection or
+            # Proxy-Connection header asks for it: open without one is HTTP/1.1. The version string, which httptools
+            # formats anew on every call, is then not needed.
             http11 = True
-        elif version == "1.0":
-            http11 = False
         else:
-            raise RequestRejected(400, f"unsupported HTTP version {version} (trace-proxy speaks HTTP/1.0 and 1.1)")
+            version = parser.get_http_version()
+            if version == "1.1":
+                http11 = True
+            elif version == "1.0":
+                http11 = False
+            else:
+                raise RequestRejected(400, f"unsupported HTTP version {version} (trace-proxy speaks HTTP/1.0 and 1.1)")
         method = parser.get_method()
         if method == b"CONNECT":
             self._begin_connect(url)
             return
-        plan = plan_request(
-            method, url, http11, parser.should_keep_alive(), parser.should_upgrade(), headers, self._policy
-        )
+        plan = plan_request(method, url, http11, keep_alive, parser.should_upgrade(), headers, self._policy)
         exchange = Exchange(plan, self._now())
         self._reading = exchange
         if self.current is None:

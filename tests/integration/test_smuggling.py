@@ -35,6 +35,8 @@ CASES: dict[str, bytes] = {
     "te-identity": b"POST {U} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: identity\r\n\r\nhello",
     "te-chunked-then-gzip": b"POST {U} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\nhello",
     "http-2.0": b"GET {U} HTTP/2.0\r\nHost: h\r\n\r\n",
+    "http-2.0-keep-alive": b"GET {U} HTTP/2.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n",
+    "http-0.9-keep-alive": b"GET {U} HTTP/0.9\r\nHost: h\r\nProxy-Connection: keep-alive\r\n\r\n",
     "http-1.2": b"GET {U} HTTP/1.2\r\nHost: h\r\n\r\n",
     "http-0.9-style": b"GET {U}\r\n\r\n",
     "port-too-big": b"GET http://127.0.0.1:99999/smuggle HTTP/1.1\r\nHost: h\r\n\r\n",
