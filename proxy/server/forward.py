@@ -237,10 +237,11 @@ class ClientConnection(asyncio.Protocol):
             raise RequestRejected(431, f"request head larger than {MAX_HEAD_BYTES // 1024} KiB")
         self._head_bytes = 0
         keep_alive = parser.should_keep_alive()
-        if keep_alive and not _may_name_connection(headers):
-            # llhttp keeps the connection of an HTTP/1.0 (or 0.9, 2.0) request open only when its Connection or
-            # Proxy-Connection header asks for it: open without one is HTTP/1.1. The version string, which httptools
-            # formats anew on every call, is then not needed.
+        # llhttp keeps the connection of an HTTP/1.0 (or 0.9, 2.0) request open, and sees an upgrade, only when a
+        # Connection (or Proxy-Connection) header asks for it: open without one is HTTP/1.1. The version string, which
+        # httptools formats anew on every call, is then not needed.
+        connection_named = _may_name_connection(headers)
+        if keep_alive and not connection_named:
             http11 = True
         else:
             version = parser.get_http_version()
@@ -254,7 +255,8 @@ class ClientConnection(asyncio.Protocol):
         if method == b"CONNECT":
             self._begin_connect(url)
             return
-        plan = plan_request(method, url, http11, keep_alive, parser.should_upgrade(), headers, self._policy)
+        upgrade = connection_named and parser.should_upgrade()
+        plan = plan_request(method, url, http11, keep_alive, upgrade, headers, self._policy)
         exchange = Exchange(plan, self._now())
         self._reading = exchange
         if self.current is None:
