@@ -1,8 +1,8 @@
 """Build script. The metadata is in pyproject.toml; this only adds the optional compiled hot path.
 
 With TRACE_PROXY_MYPYC=1, the modules every request runs through are compiled to C extensions by mypyc (from the
-same, fully typed Python source; a C compiler and the Python headers are needed). They cost about 40 % fewer
-instructions per request than the interpreted modules. Without it, the package is pure Python and behaves the same.
+same, fully typed Python source; a C compiler and the Python headers are needed). They cost about half the
+instructions per request of the interpreted modules. Without it, the package is pure Python and behaves the same.
 """
 
 from __future__ import annotations
