@@ -60,6 +60,7 @@ def _forward_server(settings: Settings, loop: asyncio.AbstractEventLoop, reuse_p
         connect_timeout=fwd.connect_timeout,
         idle_timeout=fwd.idle_timeout,
         reuse_port=reuse_port,
+        splice_tunnels=fwd.splice_tunnels,
     )
 
 

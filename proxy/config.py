@@ -166,6 +166,7 @@ class ForwardSettings(BaseModel):
     idle_timeout: float = Field(default=60.0, gt=0, allow_inf_nan=False)
     shutdown_grace: float = Field(default=10.0, ge=0, allow_inf_nan=False)
     workers: int = Field(default=1, ge=1, le=64)
+    splice_tunnels: bool = True  # relay CONNECT tunnels with splice(2) where the OS has it (Linux)
 
 
 class SentrySettings(BaseModel):

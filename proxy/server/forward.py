@@ -25,6 +25,7 @@ from proxy.server.http1 import (
     plan_connect,
     plan_request,
 )
+from proxy.server.splice import SpliceTunnel
 from proxy.server.upstream import UpstreamConnection, UpstreamError
 
 if TYPE_CHECKING:
@@ -102,6 +103,7 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel_peer: UpstreamConnection | None = None
         self._eofs = 0
         self._pending_tunnel_bytes = 0
+        self._splice: SpliceTunnel | None = None  # the tunnel is relayed in the kernel (see splice.py)
         self._discarding = False  # an error was answered: input is read and dropped until the close
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------------------
@@ -171,6 +173,8 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connection_closed(self)
         self._input_done = True
+        if self._splice is not None:
+            self._splice.close()
         peer = self.tunnel_peer
         if peer is not None:
             self.tunnel_peer = None
@@ -192,6 +196,8 @@ class ClientConnection(asyncio.Protocol):
             up.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        if self._splice is not None:
+            return  # the loop must not read a spliced socket
         up = self.tunnel_peer or (self.current.upstream if self.current is not None else None)
         if up is not None and not up.transport.is_closing():
             up.transport.resume_reading()
@@ -206,7 +212,7 @@ class ClientConnection(asyncio.Protocol):
     def _resume(self, reason: int) -> None:
         if self._paused & reason:
             self._paused &= ~reason
-            if not self._paused and not self.transport.is_closing():
+            if not self._paused and self._splice is None and not self.transport.is_closing():
                 self.transport.resume_reading()
 
     def pause_for_upstream(self) -> None:
@@ -525,6 +531,8 @@ class ClientConnection(asyncio.Protocol):
         up.start_tunnel(self)
         if self.tunnel_peer is up:
             self._flush_tunnel_buf(up)
+            if self._server.splice_tunnels and not self._eofs and self.tunnel_peer is up and not up.tunnel_eof:
+                self._splice = SpliceTunnel.start(self._server.loop, self.transport, up.transport)
 
     def _flush_tunnel_buf(self, up: UpstreamConnection) -> None:
         buf = self._tunnel_buf

@@ -31,6 +31,7 @@ class ForwardServer:
         connect_timeout: float,
         idle_timeout: float,
         reuse_port: bool = False,
+        splice_tunnels: bool = True,
     ) -> None:
         self.loop = loop
         self.policy = policy
@@ -43,6 +44,7 @@ class ForwardServer:
         self._idle_timeout = idle_timeout
         self._tick = min(1.0, idle_timeout / 4)
         self._reuse_port = reuse_port
+        self.splice_tunnels = splice_tunnels
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.TimerHandle | None = None

@@ -1,5 +1,8 @@
-"""CONNECT tunnels: the port policy, TLS end to end through the tunnel, and raw bytes spliced both ways with
+"""CONNECT tunnels: the port policy, TLS end to end through the tunnel, and raw bytes relayed both ways with
 half-close.
+
+Every test that uses the module's `proxy` runs twice: with the tunnels relayed inside the kernel by splice(2)
+(`forward.splice_tunnels = true`, the default on Linux) and through the event loop's transports (`false`).
 
 Tunnelled traffic carries no trace headers the proxy could add, so these tests prove the path through the proxy
 by the origin's peer socket: it must belong to the proxy process (`from_watched_pid`), or by curl's record of the
@@ -10,7 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -20,10 +28,42 @@ from tests.helpers import http
 from tests.helpers.clients import curl
 from tests.helpers.data import MB, payload
 from tests.helpers.origin import EndOfStream, GreetingServer, Origin, RawConn, RawOrigin, RawOriginFactory, Recorded
-from tests.helpers.proxy_process import ProxyFactory, ProxyProcess
+from tests.helpers.proxy_process import ProxyFactory, ProxyProcess, launch_proxy, stop_and_check
 from tests.helpers.tls import TlsCa
 
 pytestmark = pytest.mark.asyncio
+RELAYS = {"splice": True, "transports": False}
+
+
+@pytest.fixture(scope="module", params=list(RELAYS))
+def relay(request: pytest.FixtureRequest) -> str:
+    """How the module's proxy relays tunnels: "splice" or "transports"."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def _module_proxy(
+    relay: str, tmp_path_factory: pytest.TempPathFactory, unused_tcp_port_factory: Callable[[], int]
+) -> Iterator[ProxyProcess]:
+    """The module's proxy (see conftest.py), once per way of relaying tunnels."""
+    overrides = {"forward": {"splice_tunnels": RELAYS[relay]}}
+    proxy = launch_proxy(tmp_path_factory.mktemp("proxy"), unused_tcp_port_factory, overrides)
+    try:
+        yield proxy
+    finally:
+        stop_and_check(proxy)
+
+
+def pipe_fds(pid: int) -> int:
+    """How many pipe ends process `pid` holds open."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += os.readlink(fd).startswith("pipe:")
+        except OSError:
+            continue  # closed while listing
+    return count
+
 
 BODY = payload(1 * MB + 5, seed=21)
 
@@ -285,3 +325,85 @@ async def test_target_that_speaks_first(proxy_factory: ProxyFactory) -> None:
     assert failures == [], f"tunnels that lost the greeting: {failures}"
     assert code == 0
     assert "shutdown grace" not in tunnel_proxy.stderr, tunnel_proxy.stderr
+
+
+async def test_tunnel_relay_releases_its_descriptors(
+    proxy: ProxyProcess, raw_origin_factory: RawOriginFactory, relay: str
+) -> None:
+    """A spliced tunnel holds two pipes (four ends) while it is open and none once both sides have closed; relayed
+    through the transports it holds none. A long-running proxy must not leak a descriptor per tunnel."""
+    origin = await raw_origin_factory(echo)
+    before = pipe_fds(proxy.pid)
+    reader, writer, _ = await open_tunnel(proxy, origin.port)
+    writer.write(b"ping")
+    assert await asyncio.wait_for(reader.readexactly(4), http.TIMEOUT) == b"ping"
+    during = pipe_fds(proxy.pid)
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), http.TIMEOUT) == b""  # the echo server's EOF, passed on
+    await http.close_writer(writer)
+    deadline = time.monotonic() + http.TIMEOUT
+    while (after := pipe_fds(proxy.pid)) != before and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)  # the proxy closes its side after the client's close: nothing to wait on
+    assert during - before == (4 if RELAYS[relay] else 0)
+    assert after == before
+
+
+async def test_tunnel_to_a_client_with_a_tiny_receive_buffer(
+    proxy: ProxyProcess, raw_origin_factory: RawOriginFactory
+) -> None:
+    """A target that sends 8 MB at once to a client whose socket takes 4 KiB at a time: the proxy must hold the
+    target back (back-pressure) rather than lose or reorder bytes, and pass on the close after the last byte."""
+    data = payload(8 * MB, seed=24)
+
+    async def flood(conn: RawConn) -> None:
+        await conn.send(data)
+        conn.writer.close()
+
+    origin = await raw_origin_factory(flood)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", proxy.port)), http.TIMEOUT)
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
+    try:
+        writer.write(connect_head(origin.port))
+        assert (await http.read_head(reader)).startswith(b"HTTP/1.1 200 ")
+        received = await asyncio.wait_for(reader.read(), 60)
+    finally:
+        await http.close_writer(writer)
+    assert len(received) == len(data)
+    assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
+
+
+@pytest.mark.parametrize("relay", list(RELAYS))
+async def test_shutdown_cuts_an_open_tunnel_after_the_grace(
+    proxy_factory: ProxyFactory, raw_origin_factory: RawOriginFactory, relay: str
+) -> None:
+    """SIGTERM with a tunnel open: the tunnel keeps working during forward.shutdown_grace, then the proxy closes
+    it, both ends see the connection end, and the proxy exits 0."""
+    tunnel_proxy = proxy_factory({"forward": {"shutdown_grace": 0.5, "splice_tunnels": RELAYS[relay]}})
+    origin_done = asyncio.Event()
+
+    async def echo_until_cut(conn: RawConn) -> None:
+        try:
+            await echo(conn)
+        finally:
+            origin_done.set()
+
+    origin = await raw_origin_factory(echo_until_cut)
+    reader, writer, _ = await open_tunnel(tunnel_proxy, origin.port)
+    try:
+        tunnel_proxy.send_signal(signal.SIGTERM)
+        writer.write(b"still here")
+        assert await asyncio.wait_for(reader.readexactly(10), http.TIMEOUT) == b"still here"
+        try:
+            rest = await asyncio.wait_for(reader.read(), http.TIMEOUT)
+        except ConnectionResetError:
+            rest = b""
+        assert rest == b""
+        await asyncio.wait_for(origin_done.wait(), http.TIMEOUT)
+        code = await asyncio.to_thread(tunnel_proxy.wait)
+    finally:
+        await http.close_writer(writer)
+    assert code == 0, tunnel_proxy.stderr
+    assert "shutdown grace of 0.5s over: closing 1 connections" in tunnel_proxy.stderr

@@ -1,0 +1,193 @@
+"""CONNECT tunnels relayed inside the kernel with splice(2), on Linux.
+
+A tunnel carries bytes the proxy never looks at (TLS, mostly). Relayed through the transports, each byte is copied
+out of the kernel, into a Python bytes object and back into the kernel: at bulk rates those copies are most of the
+proxy's CPU, and they hold the tunnel below what the two ends could do directly. splice(2) moves the bytes from one
+socket through a pipe into the other as page references, so a tunnel costs two system calls per pipe-full and no
+copies.
+
+The sockets stay owned by their asyncio transports, which keep their protocols' bookkeeping (connection_lost, the
+drain on shutdown): reading is paused on both, so the loop never reads them, and the relay works on duplicates of
+their descriptors (the event loop refuses a reader on a descriptor that a transport owns). When the relay ends it
+closes its duplicates first, then the transports.
+
+Where splice(2) is missing, or a pipe or descriptor cannot be had, `SpliceTunnel.start` returns None and the tunnel
+stays on the transports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import sys
+
+# Each direction's pipe holds this much in flight (the kernel's default is 64 KiB; a bigger pipe means fewer system
+# calls per byte). Pipe memory is only used while bytes are in it; a refused size keeps the default.
+_PIPE_BYTES = 256 * 1024
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+if sys.platform == "linux":
+    AVAILABLE = hasattr(os, "splice")
+    _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+
+    def _splice(src: int, dst: int, count: int) -> int:
+        return os.splice(src, dst, count, flags=_FLAGS)
+
+else:  # pragma: no cover - the relay is Linux only
+    AVAILABLE = False
+
+    def _splice(src: int, dst: int, count: int) -> int:
+        raise OSError("splice(2) is Linux only")
+
+
+class _Direction:
+    """One way through the tunnel: bytes read from `src` wait in the pipe until `dst` takes them."""
+
+    __slots__ = ("blocked", "dst", "dst_transport", "eof", "pending", "pipe_r", "pipe_w", "src")
+
+    def __init__(self, src: int, dst: int, dst_transport: asyncio.Transport, pipe: tuple[int, int]) -> None:
+        self.src = src
+        self.dst = dst
+        self.dst_transport = dst_transport
+        self.pipe_r, self.pipe_w = pipe
+        self.pending = 0  # bytes in the pipe
+        self.eof = False  # src sent FIN
+        self.blocked = False  # dst's socket buffer is full: waiting for it to take more, src not read meanwhile
+
+
+class SpliceTunnel:
+    """Relays an established tunnel between two transports' sockets until both sides have finished."""
+
+    __slots__ = ("_closed", "_down", "_fds", "_loop", "_transports", "_up")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        transports: tuple[asyncio.Transport, asyncio.Transport],
+        fds: list[int],
+    ) -> None:
+        self._loop = loop
+        self._transports = transports
+        self._fds = fds  # every descriptor this relay opened: two socket duplicates, then two pipes
+        self._closed = False
+        client_fd, origin_fd = fds[0], fds[1]
+        self._up = _Direction(client_fd, origin_fd, transports[1], (fds[2], fds[3]))
+        self._down = _Direction(origin_fd, client_fd, transports[0], (fds[4], fds[5]))
+
+    @classmethod
+    def start(
+        cls, loop: asyncio.AbstractEventLoop, client: asyncio.Transport, origin: asyncio.Transport
+    ) -> SpliceTunnel | None:
+        """Take over relaying between `client` and `origin`, or None when this tunnel cannot be spliced.
+
+        Both transports must have nothing left to write (the relay's bytes must not overtake theirs) and no end
+        may have half-closed yet; the caller checks the latter, which only it knows.
+        """
+        if not AVAILABLE or client.get_write_buffer_size() or origin.get_write_buffer_size():
+            return None
+        client_sock = client.get_extra_info("socket")
+        origin_sock = origin.get_extra_info("socket")
+        if client_sock is None or origin_sock is None:
+            return None
+        fds: list[int] = []
+        try:
+            fds.append(os.dup(client_sock.fileno()))
+            fds.append(os.dup(origin_sock.fileno()))
+            for _ in range(2):
+                read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+                fds += (read_end, write_end)
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(write_end, _F_SETPIPE_SZ, _PIPE_BYTES)
+        except OSError:  # out of descriptors, a closed socket: the transports relay this tunnel instead
+            for fd in fds:
+                os.close(fd)
+            return None
+        tunnel = cls(loop, (client, origin), fds)
+        client.pause_reading()
+        origin.pause_reading()
+        loop.add_reader(tunnel._up.src, tunnel._readable, tunnel._up)
+        loop.add_reader(tunnel._down.src, tunnel._readable, tunnel._down)
+        return tunnel
+
+    # -- relaying -------------------------------------------------------------------------------------------------
+
+    def _readable(self, way: _Direction) -> None:
+        if self._closed:
+            return
+        try:
+            moved = _splice(way.src, way.pipe_w, _PIPE_BYTES)
+        except BlockingIOError:
+            return  # woken for nothing
+        except OSError:
+            self._end(abort=True)  # reset by the peer, and the like: both ends go, as with the transports
+            return
+        if moved == 0:
+            way.eof = True
+            self._loop.remove_reader(way.src)
+            self._finish(way)
+            return
+        way.pending += moved
+        self._flush(way)
+
+    def _writable(self, way: _Direction) -> None:
+        if not self._closed:
+            self._flush(way)
+
+    def _flush(self, way: _Direction) -> None:
+        while way.pending:
+            try:
+                moved = _splice(way.pipe_r, way.dst, way.pending)
+            except BlockingIOError:
+                if not way.blocked:
+                    # Back-pressure: stop reading the sender until the receiver's socket takes what is in the pipe.
+                    way.blocked = True
+                    self._loop.remove_reader(way.src)
+                    self._loop.add_writer(way.dst, self._writable, way)
+                return
+            except OSError:
+                self._end(abort=True)
+                return
+            way.pending -= moved
+        if way.blocked:
+            way.blocked = False
+            self._loop.remove_writer(way.dst)
+            if not way.eof:
+                self._loop.add_reader(way.src, self._readable, way)
+        if way.eof:
+            self._finish(way)
+
+    def _finish(self, way: _Direction) -> None:
+        """`way`'s sender has finished: once the pipe is empty, pass the half-close on; end when both have."""
+        if way.pending:
+            return  # _flush calls again when the pipe is empty
+        transport = way.dst_transport
+        if transport.can_write_eof() and not transport.is_closing():
+            transport.write_eof()
+        if self._up.eof and self._down.eof and not self._up.pending and not self._down.pending:
+            self._end(abort=False)
+
+    # -- ending ---------------------------------------------------------------------------------------------------
+
+    def _end(self, *, abort: bool) -> None:
+        self.close()
+        for transport in self._transports:
+            if abort:
+                transport.abort()
+            else:
+                transport.close()
+
+    def close(self) -> None:
+        """Stop relaying and release the relay's descriptors (the transports are their owners' to close)."""
+        if self._closed:
+            return
+        self._closed = True
+        loop = self._loop
+        for way in (self._up, self._down):
+            loop.remove_reader(way.src)
+            if way.blocked:
+                loop.remove_writer(way.dst)
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
