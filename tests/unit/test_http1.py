@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import proxy.tracing.propagator
+from proxy.server import http1
 from proxy.server.http1 import (
     ORIGIN_FORM_HELP,
     Framing,
@@ -692,6 +693,49 @@ def test_usual_head_is_relayed_unchanged() -> None:
         )
         assert plan.head is head  # the I/O layer relays the origin's bytes without a copy
         assert plan == ResponsePlan(head, Framing.LENGTH, 5, False, False)
+
+
+def test_a_head_seen_again_is_planned_the_same_and_relayed_as_the_new_bytes() -> None:
+    """The plans of usual heads are remembered by their bytes: a later response with the same head gets the same
+    plan, carrying its own head object (the I/O layer relays the bytes it was given, not a remembered copy)."""
+    first = b"HTTP/1.1 200 OK\r\nServer: o\r\nContent-Length: 7\r\nX-Seen: again\r\n\r\n"
+    second = bytes(bytearray(first))  # equal bytes, another object
+    flags = {"request_is_head": False, "client_http11": True, "client_keep_alive": True, "force_close": False}
+    plans = [plan_response(200, head, **flags) for head in (first, second)]
+    assert plans[0] == plans[1] == ResponsePlan(first, Framing.LENGTH, 7, False, False)
+    assert plans[0].head is first and plans[1].head is second
+
+
+@pytest.mark.parametrize(
+    ("later", "expected"),
+    [
+        # A remembered plan must not be given to a response that the same head must not be relayed as:
+        # (framing, close the client connection, head relayed unchanged).
+        ({"request_is_head": True}, (Framing.NONE, False, True)),  # no body after a HEAD's head
+        ({"force_close": True}, (Framing.LENGTH, True, False)),  # the client connection closes after it
+        ({"client_keep_alive": False}, (Framing.LENGTH, True, False)),
+        ({"client_http11": False}, (Framing.LENGTH, False, False)),  # a 1.0 client is told keep-alive
+    ],
+)
+def test_a_remembered_plan_is_only_for_the_same_kind_of_exchange(
+    later: dict[str, bool], expected: tuple[Framing, bool, bool]
+) -> None:
+    head = b"HTTP/1.1 200 OK\r\nServer: o\r\nContent-Length: 9\r\nX-Kind: %b\r\n\r\n" % ",".join(later).encode()
+    usual = {"request_is_head": False, "client_http11": True, "client_keep_alive": True, "force_close": False}
+    assert plan_response(200, head, **usual).head is head
+    plan = plan_response(200, head, **{**usual, **later})
+    assert (plan.upstream_framing, plan.close_client, plan.head is head) == expected
+    assert plan == plan_response(200, bytes(bytearray(head)), **{**usual, **later})  # and the same again
+    assert plan_response(200, head, **usual) == ResponsePlan(head, Framing.LENGTH, 9, False, False)
+
+
+def test_remembered_plans_stay_bounded() -> None:
+    """Heads that never repeat (a request id in each) must not make the proxy's memory grow."""
+    flags = {"request_is_head": False, "client_http11": True, "client_keep_alive": True, "force_close": False}
+    for i in range(2000):
+        head = b"HTTP/1.1 200 OK\r\nX-Request-Id: %d\r\nContent-Length: 1\r\n\r\n" % i
+        assert plan_response(200, head, **flags).upstream_framing is Framing.LENGTH
+    assert len(http1._USUAL_PLANS) <= 256
 
 
 @pytest.mark.parametrize(
