@@ -531,7 +531,7 @@ class ClientConnection(asyncio.Protocol):
         up.start_tunnel(self)
         if self.tunnel_peer is up:
             self._flush_tunnel_buf(up)
-            if self._server.splice_tunnels and not self._eofs and self.tunnel_peer is up and not up.tunnel_eof:
+            if self._server.splice_tunnels and not self._eofs and not up.tunnel_eof:
                 self._splice = SpliceTunnel.start(self._server.loop, self.transport, up.transport)
 
     def _flush_tunnel_buf(self, up: UpstreamConnection) -> None:

@@ -424,7 +424,13 @@ def plan_response(
     client that stays open is relayed unchanged: a `Connection: keep-alive` then is the proxy's own option for
     the client connection, which RFC 9110 §7.6.1 allows in place of the origin's.
     """
-    usual = client_http11 and client_keep_alive and not force_close and not request_is_head
+    usual = (
+        client_http11
+        and client_keep_alive
+        and not force_close
+        and not request_is_head
+        and len(head) <= _USUAL_PLAN_HEAD_BYTES
+    )
     if usual:
         known = _USUAL_PLANS.get(head)
         if known is not None:
@@ -461,9 +467,11 @@ def plan_response(
 
 # What `plan_response` found for the usual heads it relays unchanged, by the head's bytes. An origin's responses to
 # the same requests differ in their Date line only, from one second to the next: their head is then scanned once a
-# second, not once a request (hashing it costs a tenth of scanning it). A head seen once costs one insertion.
+# second, not once a request (hashing it costs a tenth of scanning it). A head seen once costs one insertion. Heads
+# longer than usual are not kept, so the memory this takes stays under 256 x 2 KiB.
 _USUAL_PLANS: Final[dict[bytes, tuple[Framing, int]]] = {}
 _USUAL_PLANS_MAX: Final = 256
+_USUAL_PLAN_HEAD_BYTES: Final = 2048
 
 
 def _content_length(lower: bytes) -> int:

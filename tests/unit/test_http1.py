@@ -738,6 +738,14 @@ def test_remembered_plans_stay_bounded() -> None:
     assert len(http1._USUAL_PLANS) <= 256
 
 
+def test_long_heads_are_planned_but_not_remembered() -> None:
+    """A head longer than usual (here 10 KiB of cookies) is planned every time rather than kept in memory."""
+    head = b"HTTP/1.1 200 OK\r\nSet-Cookie: %b\r\nContent-Length: 3\r\n\r\n" % (b"c" * 10240)
+    flags = {"request_is_head": False, "client_http11": True, "client_keep_alive": True, "force_close": False}
+    assert plan_response(200, head, **flags) == ResponsePlan(head, Framing.LENGTH, 3, False, False)
+    assert head not in http1._USUAL_PLANS
+
+
 @pytest.mark.parametrize(
     "hop_lines",
     [
