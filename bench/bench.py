@@ -1043,14 +1043,14 @@ def round_values(rounds: list[dict[str, Any]]) -> dict[str, dict[str, list[float
     return values
 
 
-def summarize(rounds: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    return {t: {m: _median(v) for m, v in ms.items()} for t, ms in round_values(rounds).items()}
+def summarize(values: dict[str, dict[str, list[float | None]]]) -> dict[str, dict[str, float | None]]:
+    """The median over the rounds of each of `round_values`' figures."""
+    return {t: {m: _median(v) for m, v in ms.items()} for t, ms in values.items()}
 
 
-def paired_ratios(rounds: list[dict[str, Any]], metric: str, other: str) -> list[float]:
-    """trace-proxy's figure ÷ `other`'s, round by round: each pair was measured within the same minute, so the
-    drift of the machine's speed between rounds, which moves both, cancels out of it."""
-    values = round_values(rounds)
+def paired_ratios(values: dict[str, dict[str, list[float | None]]], metric: str, other: str) -> list[float]:
+    """trace-proxy's figure ÷ `other`'s, round by round (from `round_values`): each pair was measured within the
+    same minute, so the drift of the machine's speed between rounds, which moves both, cancels out of it."""
     mine, theirs = values.get(TP, {}).get(metric, []), values.get(other, {}).get(metric, [])
     return [a / b for a, b in zip(mine, theirs, strict=False) if a is not None and b]
 
@@ -1146,13 +1146,15 @@ class Check:
         return f"{verdict}  {self.name}: {self.detail}"
 
 
-def checks(rounds: list[dict[str, Any]], rss: dict[str, Any] | None, core: dict[str, Any] | None) -> list[Check]:
+def checks(
+    values: dict[str, dict[str, list[float | None]]], rss: dict[str, Any] | None, core: dict[str, Any] | None
+) -> list[Check]:
     """The targets, judged on the medians over the rounds (the ratio of trace-proxy's median to the other's).
 
     Each line also gives the median and range of the per-round ratios: when the machine's speed drifts between
     rounds, they show how much of a verdict near its limit is the drift.
     """
-    medians = summarize(rounds)
+    medians = summarize(values)
     tp = medians.get(TP, {})
     out: list[Check] = []
 
@@ -1165,7 +1167,7 @@ def checks(rounds: list[dict[str, Any]], rss: dict[str, Any] | None, core: dict[
         ok = a <= limit if most else a >= limit
         sign = "≤" if most else "≥"
         detail = f"{_num(a)} {unit} {sign} {factor:g} {TIMES} {_num(b)} = {_num(limit)} {unit} (ratio {a / b:.2f})"
-        pairs = paired_ratios(rounds, metric, other)
+        pairs = paired_ratios(values, metric, other)
         if len(pairs) > 1:
             detail += (
                 f"; per round {statistics.median(pairs):.2f} ({min(pairs):.2f}{DASH}{max(pairs):.2f}, "
@@ -1475,11 +1477,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             (tmp / "www" / bench.big_name).unlink()
         return 130
 
-    medians = summarize(report["rounds"])
+    values = round_values(report["rounds"])
+    medians = summarize(values)
     _warn_disturbed(bench, report["rounds"])
     rat = ratios(medians)
     text = table(medians, rat)
-    verdicts = checks(report["rounds"], report.get("rss_run"), report.get("core_bench"))
+    verdicts = checks(values, report.get("rss_run"), report.get("core_bench"))
     report["medians"] = medians
     report["ratios_trace_proxy_to"] = rat
     report["table_markdown"] = text

@@ -159,9 +159,8 @@ class SpliceTunnel:
             self._finish(way)
 
     def _finish(self, way: _Direction) -> None:
-        """`way`'s sender has finished: once the pipe is empty, pass the half-close on; end when both have."""
-        if way.pending:
-            return  # _flush calls again when the pipe is empty
+        """`way`'s sender has finished and its pipe is empty (the sender is only read while it is): pass the
+        half-close on; end when both have."""
         transport = way.dst_transport
         if transport.can_write_eof() and not transport.is_closing():
             transport.write_eof()
