@@ -16,6 +16,7 @@ COMPILED_MODULES = [
     "proxy/server/http1.py",
     "proxy/server/forward.py",
     "proxy/server/upstream.py",
+    "proxy/server/splice.py",
     "proxy/stats.py",
     "proxy/tracing/baggage.py",
     "proxy/tracing/context.py",

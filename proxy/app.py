@@ -61,6 +61,7 @@ def _forward_server(settings: Settings, loop: asyncio.AbstractEventLoop, reuse_p
         idle_timeout=fwd.idle_timeout,
         reuse_port=reuse_port,
         splice_tunnels=fwd.splice_tunnels,
+        splice_bodies=fwd.splice_bodies,
     )
 
 

@@ -167,6 +167,7 @@ class ForwardSettings(BaseModel):
     shutdown_grace: float = Field(default=10.0, ge=0, allow_inf_nan=False)
     workers: int = Field(default=1, ge=1, le=64)
     splice_tunnels: bool = True  # relay CONNECT tunnels with splice(2) where the OS has it (Linux)
+    splice_bodies: bool = True  # relay large Content-Length response bodies with splice(2) (Linux)
 
 
 class SentrySettings(BaseModel):

@@ -104,6 +104,7 @@ class ClientConnection(asyncio.Protocol):
         self._eofs = 0
         self._pending_tunnel_bytes = 0
         self._splice: SpliceTunnel | None = None  # the tunnel is relayed in the kernel (see splice.py)
+        self._fd = -1  # the socket's descriptor, once a response body was spliced into it
         self._discarding = False  # an error was answered: input is read and dropped until the close
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------------------
@@ -201,6 +202,15 @@ class ClientConnection(asyncio.Protocol):
         up = self.tunnel_peer or (self.current.upstream if self.current is not None else None)
         if up is not None and not up.transport.is_closing():
             up.transport.resume_reading()
+
+    def socket_fd(self) -> int:
+        """The socket's descriptor (-1: none), for splicing response bodies into; valid while the transport is not
+        closing."""
+        fd = self._fd
+        if fd < 0:
+            sock = self.transport.get_extra_info("socket")
+            fd = self._fd = -1 if sock is None else int(sock.fileno())
+        return fd
 
     # -- flow control -------------------------------------------------------------------------------------------
 

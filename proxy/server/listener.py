@@ -32,11 +32,12 @@ class ForwardServer:
         idle_timeout: float,
         reuse_port: bool = False,
         splice_tunnels: bool = True,
+        splice_bodies: bool = True,
     ) -> None:
         self.loop = loop
         self.policy = policy
         self.now = loop.time
-        self.pool = UpstreamPool(loop, connect_timeout, idle_timeout)
+        self.pool = UpstreamPool(loop, connect_timeout, idle_timeout, splice_bodies)
         self.stats = Stats()
         self.connections: set[ClientConnection] = set()
         self._host = host

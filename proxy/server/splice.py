@@ -1,4 +1,4 @@
-"""CONNECT tunnels relayed inside the kernel with splice(2), on Linux.
+"""Bytes relayed inside the kernel with splice(2), on Linux: CONNECT tunnels, and the bodies of responses.
 
 A tunnel carries bytes the proxy never looks at (TLS, mostly). Relayed through the transports, each byte is copied
 out of the kernel, into a Python bytes object and back into the kernel: at bulk rates those copies are most of the
@@ -13,6 +13,12 @@ closes its duplicates first, then the transports.
 
 Where splice(2) is missing, or a pipe or descriptor cannot be had, `SpliceTunnel.start` returns None and the tunnel
 stays on the transports.
+
+A response body with a Content-Length is the same situation for the bytes after its head: the proxy only needs to
+count them. `BodyPipe.relay` moves what the origin's socket holds of such a body to the client's socket through one
+pipe, inside the callback in which the origin's socket was found readable, and leaves the pipe empty when it returns:
+so one pipe serves every connection of the process, the sockets' own descriptors can be used (nothing waits on them
+but their transports), and no descriptor is duplicated.
 """
 
 from __future__ import annotations
@@ -188,5 +194,78 @@ class SpliceTunnel:
             if way.blocked:
                 loop.remove_writer(way.dst)
         for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class BodyPipe:
+    """The one pipe through which a process splices response bodies (see the module's docstring)."""
+
+    __slots__ = ("_r", "_w")
+
+    def __init__(self, pipe: tuple[int, int]) -> None:
+        self._r, self._w = pipe
+
+    @classmethod
+    def open(cls) -> BodyPipe | None:
+        """A new pipe, or None where splice(2) is missing or no descriptor is left."""
+        if not AVAILABLE:
+            return None
+        try:
+            pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(pipe[1], _F_SETPIPE_SZ, _PIPE_BYTES)
+        return cls(pipe)
+
+    def relay(self, src: int, dst: int, count: int, prefix: bytes) -> tuple[int, bytes]:
+        """Send `prefix` (at most 64 KiB), then move up to `count` bytes that `src` already holds to `dst`, without
+        waiting for either: the prefix and the first pipe-full go out in one send.
+
+        Returns how many bytes were taken from `src`, and the last bytes that `dst` could not take at once (its
+        socket buffer is full): the caller writes those through dst's transport, which waits for it. Raises OSError
+        when either end failed, EOFError when `src` ended first; the pipe may then hold bytes, and must be closed.
+        """
+        pending = os.write(self._w, prefix) if prefix else 0  # the pipe is empty: all of it fits
+        taken = 0
+        while taken < count:
+            want = min(count - taken, _PIPE_BYTES - pending)
+            try:
+                moved = _splice(src, self._w, want)
+            except BlockingIOError:
+                break  # nothing more has arrived yet
+            if moved == 0:
+                raise EOFError
+            taken += moved
+            left = self._drain(dst, pending + moved)
+            if left:
+                return taken, left
+            pending = 0
+            if moved < want:
+                break  # src had less than asked: a further call would most likely find it empty
+        if pending:
+            return taken, self._drain(dst, pending)
+        return taken, b""
+
+    def _drain(self, dst: int, count: int) -> bytes:
+        """Splice the pipe's `count` bytes to `dst`; what dst cannot take now is read back and returned."""
+        while count:
+            try:
+                count -= _splice(self._r, dst, count)
+            except BlockingIOError:
+                return self._read(count)
+        return b""
+
+    def _read(self, count: int) -> bytes:
+        chunks = []
+        while count:
+            chunk = os.read(self._r, count)
+            chunks.append(chunk)
+            count -= len(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        for fd in (self._r, self._w):
             with contextlib.suppress(OSError):
                 os.close(fd)

@@ -4,6 +4,11 @@ A response is parsed with llhttp's response parser only for its framing: the hea
 `http1.plan_response`, body bytes are passed on as the parser yields them (re-chunked where the client needs it), and
 the end of the message is known exactly, so the connection can go back to the pool and nothing the origin sends after
 a complete response can reach the client as if it were the next one.
+
+A large body with a Content-Length is not even read: the connection reads a response's first few KiB only, and what
+the origin's socket holds of the rest is spliced to the client's socket inside the kernel (`splice.BodyPipe`), the
+proxy counting the bytes. Copied through the proxy, a 64 KiB body costs it three copies of the bytes (out of the
+kernel, into a Python object, back into the kernel): more than all the rest of the work on its request.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import TYPE_CHECKING
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from proxy.server.http1 import MAX_HEAD_BYTES, Framing, ResponsePlan, plan_response, plan_switching_protocols
+from proxy.server.splice import BodyPipe
 
 if TYPE_CHECKING:
     from proxy.server.forward import ClientConnection, Exchange
@@ -24,6 +30,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Key = tuple[str, int]
+
+# A connection that may get a body to splice reads this much at a time until its head is in and while the body is
+# spliced: what it reads is copied through the proxy, what it leaves in the socket may be spliced. Response heads
+# are mostly well under this; a longer one takes more reads.
+_HEAD_READ_BYTES = 4 * 1024
+# Everything else is read in pieces this large (what uvloop itself reads into).
+_READ_BYTES = 256 * 1024
+# A Content-Length body of at least this much is spliced (below it, the extra system calls cost more than copying).
+_SPLICE_MIN_BYTES = 16 * 1024
+# The bytes of a read (a head, the body's start) go to the client through the pipe, ahead of the spliced ones, up
+# to this much: a pipe holds at least 64 KiB, so they always fit into the empty pipe.
+_MAX_HELD_BYTES = 16 * 1024
 
 
 class UpstreamError(Exception):
@@ -60,26 +78,36 @@ class _Dechunker:
         self._conn.on_message_complete()
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(asyncio.BufferedProtocol):
     """One connection to an origin, serving one exchange at a time; in tunnel mode, a byte relay.
 
     The response head is rewritten once; the body bytes go to the client as they arrived, while llhttp follows
     the framing to find where the response ends (no body callbacks, no copies). A response to an HTTP/1.0 client
-    whose body is chunked is the exception: it is decoded through `_Dechunker`.
+    whose body is chunked is the exception: it is decoded through `_Dechunker`. A large Content-Length body is
+    spliced instead (see the module's docstring); once it has been, the parser has not seen all of the body, so the
+    rest of it is counted (`_counting`) and the parser is replaced before the next response.
+
+    A BufferedProtocol (and not a Protocol: uvloop would then call data_received) so that it chooses how much each
+    read takes from the socket.
     """
 
     __slots__ = (
         "_body_from",
+        "_counting",
         "_data",
+        "_fd",
         "_garbage",
         "_head_buf",
         "_head_start",
+        "_held",
         "_in_body",
         "_keep_alive",
         "_plain_parser",
         "_plan",
+        "_read_into",
         "_remaining",
         "_reset_parser",
+        "_spliceable",
         "client",
         "closed",
         "complete",
@@ -127,6 +155,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._in_body = False
         self._keep_alive = False
         self._reset_parser = False
+        self._spliceable = False  # a Content-Length body large enough to splice is on the way
+        self._counting = False  # some of this body was spliced: the rest is counted, not parsed
+        self._fd = -1  # the socket's descriptor, once a body was spliced from it
+        self._read_into: memoryview = None  # type: ignore[assignment]  # the buffer get_buffer handed out
+        self._held: bytes | None = None  # body bytes of this read that go out ahead of the spliced ones
 
     # -- binding -------------------------------------------------------------------------------------------------
 
@@ -161,13 +194,37 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # Small reads while a head or a body to splice is expected (`_spliceable` implies a body pipe).
+        pool = self.pool
+        if self.client is not None and (
+            (self._spliceable and self._remaining >= _SPLICE_MIN_BYTES)
+            or (not self._in_body and not self.tunnel and pool.body_pipe is not None)
+        ):
+            buffer = self._read_into = pool.head_buffer
+        else:
+            buffer = self._read_into = pool.read_buffer
+        return buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._received(self._read_into[:nbytes].tobytes())
+        held = self._held
+        if held is not None:
+            self._held = None
+            client = self.client
+            assert client is not None
+            self._splice_body(client, held)
+
+    def _received(self, data: bytes) -> None:
         client = self.client
         if client is None or self.tunnel:
             self._data_outside_exchange(client, data)
             return
         self.got_bytes = True
         self.last_active = self.pool.coarse_now
+        if self._counting:
+            self._count_body(client, data)
+            return
         self._data = data
         in_body = self._in_body
         self._body_from = 0 if in_body else -1
@@ -215,8 +272,10 @@ class UpstreamConnection(asyncio.Protocol):
                 if body:
                     if out:  # a head before it: one write, one send
                         out.append(body)
-                        client.transport.write(b"".join(out))
+                        body = b"".join(out)
                         out.clear()
+                    if self._spliceable and self._remaining >= _SPLICE_MIN_BYTES and len(body) <= _MAX_HELD_BYTES:
+                        self._held = body  # goes out with the spliced rest (buffer_updated), in one send
                     else:
                         client.transport.write(body)
         elif not self._in_body:
@@ -230,6 +289,58 @@ class UpstreamConnection(asyncio.Protocol):
             client.transport.write(b"".join(out))
             out.clear()
         if self.complete:
+            self._finish(client)
+
+    def _splice_body(self, client: ClientConnection, held: bytes) -> None:
+        """Send `held`, the body's bytes just read, and splice after them what the socket holds of the rest."""
+        pipe = self.pool.body_pipe
+        transport = client.transport
+        if pipe is None or transport.get_write_buffer_size() or transport.is_closing() or self.transport.is_closing():
+            # Queued bytes must go first; a closing transport's descriptor may be closed, even reused.
+            transport.write(held)
+            return
+        src = self._fd
+        if src < 0:
+            src = self._fd = _socket_fd(self.transport)
+        dst = client.socket_fd()
+        if src < 0 or dst < 0:
+            self._spliceable = False
+            transport.write(held)
+            return
+        try:
+            taken, left = pipe.relay(src, dst, self._remaining, held)
+        except (OSError, EOFError) as exc:
+            self.pool.replace_body_pipe()
+            reason = "closed the connection" if isinstance(exc, EOFError) else (exc.strerror or str(exc))
+            log.debug("splicing a response body from %s:%d failed: %s", self.key[0], self.key[1], reason)
+            message = f"{self.key[0]}:{self.key[1]} broke off a response body: {reason}"
+            self._failed(client, UpstreamError(502, message, "connection_terminated"))
+            return
+        if left:
+            client.transport.write(left)
+        if not taken:
+            return
+        if not self._counting:
+            self._counting = True  # llhttp did not see these bytes: it is out of step with the body from here on
+            self._reset_parser = True
+        remaining = self._remaining = self._remaining - taken
+        if not remaining:
+            self.complete = True
+            self._finish(client)
+
+    def _count_body(self, client: ClientConnection, data: bytes) -> None:
+        """The rest of a body part of which was spliced: relayed up to its Content-Length, the end of the response."""
+        remaining = self._remaining
+        if len(data) > remaining:
+            data = data[:remaining]
+            self._garbage = True  # bytes after the response: the connection is not reused
+        remaining = self._remaining = remaining - len(data)
+        if self._spliceable and remaining >= _SPLICE_MIN_BYTES and len(data) <= _MAX_HELD_BYTES:
+            self._held = data
+            return
+        client.transport.write(data)
+        if not remaining:
+            self.complete = True
             self._finish(client)
 
     def _data_outside_exchange(self, client: ClientConnection | None, data: bytes) -> None:
@@ -339,6 +450,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = parser.should_keep_alive()
         self._in_body = True
         self.dechunk = plan.dechunk
+        self._spliceable = (
+            framing is Framing.LENGTH
+            and plan.content_length >= _SPLICE_MIN_BYTES
+            and not plan.dechunk
+            and self.pool.body_pipe is not None
+        )
         if plan.head is head and framing is Framing.LENGTH and head_at >= 0:
             # The head goes out as the origin wrote it: relayed together with the body of the same read, uncopied.
             self._body_from = head_at
@@ -383,6 +500,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.complete = False
             self.dechunk = False
             self._in_body = False
+            self._spliceable = False
+            self._counting = False
             self.pool.release(self)
         else:
             self.transport.close()
@@ -418,11 +537,26 @@ class UpstreamConnection(asyncio.Protocol):
         client.upgraded(exchange, self)
 
 
-class UpstreamPool:
-    """Idle keep-alive connections per origin, reused most-recent first so cold ones age out."""
+def _socket_fd(transport: asyncio.BaseTransport) -> int:
+    sock = transport.get_extra_info("socket")
+    return -1 if sock is None else int(sock.fileno())
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, connect_timeout: float, idle_timeout: float) -> None:
+
+class UpstreamPool:
+    """Idle keep-alive connections per origin, reused most-recent first so cold ones age out; and what the
+    connections share: their read buffers (a read is consumed before the next one starts) and the body pipe."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        connect_timeout: float,
+        idle_timeout: float,
+        splice_bodies: bool = True,
+    ) -> None:
         self._loop = loop
+        self.head_buffer = memoryview(bytearray(_HEAD_READ_BYTES))
+        self.read_buffer = memoryview(bytearray(_READ_BYTES))
+        self.body_pipe = BodyPipe.open() if splice_bodies else None
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
         self._idle: dict[Key, list[UpstreamConnection]] = {}
@@ -492,11 +626,20 @@ class UpstreamPool:
             if not idle:
                 del self._idle[key]
 
+    def replace_body_pipe(self) -> None:
+        """After a failed relay, which may have left bytes in the pipe."""
+        if self.body_pipe is not None:
+            self.body_pipe.close()
+            self.body_pipe = BodyPipe.open()
+
     def close(self) -> None:
         for idle in self._idle.values():
             for conn in idle:
                 conn.transport.close()
         self._idle.clear()
+        if self.body_pipe is not None:
+            self.body_pipe.close()
+            self.body_pipe = None
 
     def idle_count(self) -> int:
         return sum(len(v) for v in self._idle.values())

@@ -1,10 +1,15 @@
-"""Bodies through the proxy: every framing both ways, streamed (never buffered whole), large ones intact."""
+"""Bodies through the proxy: every framing both ways, streamed (never buffered whole), large ones intact.
+
+Every test that uses the module's `proxy` runs twice: with response bodies of 16 KiB and more spliced inside the
+kernel (`forward.splice_bodies = true`, the default on Linux) and with every body read and written by the proxy
+(`false`). What a client or an origin sees must not differ.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import aiohttp
 import pytest
@@ -14,9 +19,30 @@ from tests.helpers import http
 from tests.helpers.clients import curl, requests_session
 from tests.helpers.data import MB, ablocks, blocks, payload, sha256_of
 from tests.helpers.origin import Handler, Origin, RawConn, RawOrigin, RawOriginFactory, Recorded, ok_response
-from tests.helpers.proxy_process import ProxyProcess, peak_rss_kib
+from tests.helpers.proxy_process import ProxyProcess, launch_proxy, peak_rss_kib, stop_and_check
 
 pytestmark = pytest.mark.asyncio
+BODY_RELAYS = {"splice": True, "copy": False}
+
+
+@pytest.fixture(scope="module", params=list(BODY_RELAYS))
+def body_relay(request: pytest.FixtureRequest) -> str:
+    """How the module's proxy relays response bodies: "splice" or "copy"."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def _module_proxy(
+    body_relay: str, tmp_path_factory: pytest.TempPathFactory, unused_tcp_port_factory: Callable[[], int]
+) -> Iterator[ProxyProcess]:
+    """The module's proxy (see conftest.py), once per way of relaying response bodies."""
+    overrides = {"forward": {"splice_bodies": BODY_RELAYS[body_relay]}}
+    proxy = launch_proxy(tmp_path_factory.mktemp("proxy"), unused_tcp_port_factory, overrides)
+    try:
+        yield proxy
+    finally:
+        stop_and_check(proxy)
+
 
 LARGE = 50 * MB
 # A proxy that held a 50 MB body would grow by at least that much; streaming needs a few socket buffers.
@@ -469,3 +495,225 @@ async def test_client_abort_mid_download_does_not_poison_the_pool(
         assert (response.status, response.body) == (200, b"ok /s%d" % i)
     for request in origin.requests:
         request.assert_proxied()
+
+
+# -- Content-Length bodies large enough to splice ----------------------------------------------------------------
+
+# Around the sizes where the proxy changes how it relays a body: its first read (4 KiB), the splice threshold
+# (16 KiB), a pipe-full (256 KiB) and beyond.
+SPLICE_SIZES = [0, 1, 4000, 4096, 16383, 16384, 16385, 65536, 262144, 262145, 300_000, MB]
+
+
+def sized_response(size: int, seed: int) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (size, payload(size, seed))
+
+
+async def test_content_length_bodies_of_every_size_on_one_connection(
+    proxy: ProxyProcess, raw_origin_factory: RawOriginFactory
+) -> None:
+    """Bodies from empty to 1 MB, one after the other on one client connection and one origin connection, arrive
+    byte for byte: however a body was relayed, the next response is read from the right place."""
+
+    async def sized(conn: RawConn) -> None:
+        while (request := await conn.read_request()) is not None:
+            size = int(request.target.rsplit(b"/", 1)[1])
+            await conn.send(sized_response(size, seed=size % 97))
+
+    origin = await raw_origin_factory(sized)
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        for size in SPLICE_SIZES:
+            writer.write(b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url(f"/bytes/{size}").encode())
+            response = await http.read_response(reader)
+            assert response.status == 200
+            assert response.header(b"content-length") == b"%d" % size
+            assert response.body == payload(size, seed=size % 97), f"{size}-byte body differs"
+    finally:
+        await http.close_writer(writer)
+    assert len(origin.conns) == 1, "the origin connection was not reused after a large body"
+    for request in origin.requests:
+        request.assert_proxied()
+
+
+async def test_pipelined_requests_with_large_responses_in_order(
+    proxy: ProxyProcess, raw_origin_factory: RawOriginFactory
+) -> None:
+    """Requests pipelined in one write get their large and small responses in order, each intact."""
+    sizes = [100_000, 20_000, 10, 70_000, 300_000]
+
+    async def sized(conn: RawConn) -> None:
+        while (request := await conn.read_request()) is not None:
+            size = int(request.target.rsplit(b"/", 1)[1])
+            await conn.send(sized_response(size, seed=size % 89))
+
+    origin = await raw_origin_factory(sized)
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        writer.write(
+            b"".join(b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url(f"/p/{size}").encode() for size in sizes)
+        )
+        for size in sizes:
+            response = await http.read_response(reader)
+            assert response.body == payload(size, seed=size % 89), f"{size}-byte body differs"
+    finally:
+        await http.close_writer(writer)
+
+
+async def test_large_body_arriving_in_pieces_is_streamed(
+    proxy: ProxyProcess, raw_origin_factory: RawOriginFactory
+) -> None:
+    """A Content-Length body the origin sends piece by piece, each only after the client has received all before
+    it: every piece is passed on at once (the origin would wait forever otherwise), the body arrives intact, and the
+    next response on the same connections is read correctly."""
+    pieces = [b"a" * 100, b"b" * 20_000, b"c" * 30_000, b"d" * 5, b"e" * 40_000]
+    body = b"".join(pieces)
+    client_has = asyncio.Condition()
+    received = 0
+
+    async def piecewise(conn: RawConn) -> None:
+        request = await conn.read_request()
+        assert request is not None
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+        sent = 0
+        for piece in pieces:
+            await conn.send(piece)
+            sent += len(piece)
+            async with client_has:
+                await asyncio.wait_for(client_has.wait_for(lambda sent=sent: received >= sent), http.TIMEOUT)
+        await serve_rest(conn)
+
+    async def serve_rest(conn: RawConn) -> None:
+        while (request := await conn.read_request()) is not None:
+            await conn.send(ok_response(b"ok " + request.target))
+
+    origin = await raw_origin_factory(piecewise)
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        writer.write(b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/pieces").encode())
+        head = await http.read_head(reader)
+        assert head.startswith(b"HTTP/1.1 200")
+        got = bytearray()
+        while len(got) < len(body):
+            chunk = await asyncio.wait_for(reader.read(len(body) - len(got)), http.TIMEOUT)
+            assert chunk, "the proxy closed the connection in the middle of the body"
+            got += chunk
+            async with client_has:
+                received = len(got)
+                client_has.notify_all()
+        assert bytes(got) == body
+        writer.write(b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/after").encode())
+        after = await http.read_response(reader)
+    finally:
+        await http.close_writer(writer)
+    assert after.body == b"ok /after"
+    assert len(origin.conns) == 1
+
+
+async def test_bytes_after_a_large_body_never_reach_the_client(
+    proxy: ProxyProcess, raw_origin_factory: RawOriginFactory
+) -> None:
+    """An origin that sends a whole extra response right behind a 100 kB body: the client gets exactly the body,
+    its next request gets the origin's real answer, and the connection that misbehaved is not used again."""
+    body = payload(100_000, seed=21)
+
+    async def injecting(conn: RawConn) -> None:
+        while (request := await conn.read_request()) is not None:
+            if request.target == b"/inject":
+                injected = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED"
+                await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b%b" % (len(body), body, injected))
+            else:
+                await conn.send(ok_response(b"ok " + request.target))
+
+    origin = await raw_origin_factory(injecting)
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        writer.write(b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/inject").encode())
+        first = await http.read_response(reader)
+        writer.write(b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/real").encode())
+        second = await http.read_response(reader)
+    finally:
+        await http.close_writer(writer)
+    assert first.body == body
+    assert second.body == b"ok /real"
+    assert [[r.target for r in c.requests] for c in origin.conns] == [[b"/inject"], [b"/real"]]
+
+
+async def test_origin_closing_in_the_middle_of_a_large_body_cuts_the_client(
+    proxy: ProxyProcess, raw_origin_factory: RawOriginFactory
+) -> None:
+    """An origin that closes after 200 kB of a 1 MB body: the client's connection is cut after what arrived, so the
+    response cannot pass for complete; other clients are served."""
+    partial = payload(200_000, seed=22)
+
+    async def half(conn: RawConn) -> None:
+        while (request := await conn.read_request()) is not None:
+            if request.target == b"/half":
+                await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (MB, partial))
+                return
+            await conn.send(ok_response(b"ok " + request.target))
+
+    origin = await raw_origin_factory(half)
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        writer.write(b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/half").encode())
+        head = await http.read_head(reader)
+        assert b"Content-Length: %d" % MB in head
+        got = bytearray()
+        try:
+            while chunk := await asyncio.wait_for(reader.read(1 << 20), http.TIMEOUT):
+                got += chunk
+        except ConnectionResetError:
+            pass
+    finally:
+        await http.close_writer(writer)
+    assert len(got) < MB
+    assert bytes(got) == partial[: len(got)]
+    response = await http.exchange(proxy.port, b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/next").encode())
+    assert response.body == b"ok /next"
+
+
+async def test_large_body_to_http10_client(proxy: ProxyProcess, raw_origin_factory: RawOriginFactory) -> None:
+    """An HTTP/1.0 client gets a 300 kB Content-Length body intact, then the close it asked for."""
+    body = payload(300_000, seed=23)
+
+    async def large(conn: RawConn) -> None:
+        while await conn.read_request() is not None:
+            await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
+
+    origin = await raw_origin_factory(large)
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        writer.write(b"GET %b HTTP/1.0\r\n\r\n" % origin.url("/old").encode())
+        response = await http.read_response(reader)
+        await http.expect_eof(reader)
+    finally:
+        await http.close_writer(writer)
+    assert response.version == b"HTTP/1.1"
+    assert response.body == body
+
+
+async def test_head_answer_with_large_content_length_then_get(
+    proxy: ProxyProcess, raw_origin_factory: RawOriginFactory
+) -> None:
+    """HEAD answered with a large Content-Length and no body, then GET for the same on one connection: the HEAD
+    response ends at its head, the GET one gets the whole body."""
+    body = payload(200_000, seed=24)
+
+    async def head_then_get(conn: RawConn) -> None:
+        while (request := await conn.read_request()) is not None:
+            head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+            await conn.send(head if request.method == b"HEAD" else head + body)
+
+    origin = await raw_origin_factory(head_then_get)
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        writer.write(b"HEAD %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/r").encode())
+        first = await http.read_response(reader, method=b"HEAD")
+        writer.write(b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/r").encode())
+        second = await http.read_response(reader)
+    finally:
+        await http.close_writer(writer)
+    assert first.header(b"content-length") == b"200000"
+    assert first.body == b""
+    assert second.body == body
+    assert len(origin.conns) == 1

@@ -1,0 +1,120 @@
+"""`BodyPipe.relay` on real socket pairs: what it takes from the origin's socket, what reaches the client's, and
+what it hands back when the client's socket is full."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from proxy.server.splice import AVAILABLE, BodyPipe
+
+pytestmark = pytest.mark.skipif(not AVAILABLE, reason="splice(2) is Linux only")
+
+
+@pytest.fixture
+def pipe() -> Iterator[BodyPipe]:
+    opened = BodyPipe.open()
+    assert opened is not None
+    yield opened
+    opened.close()
+
+
+def pair() -> tuple[socket.socket, socket.socket]:
+    """A connected TCP pair on 127.0.0.1 (splice(2) needs real sockets), both non-blocking."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        a = socket.create_connection(server.getsockname())
+        b, _ = server.accept()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+def read_available(sock: socket.socket, count: int) -> bytes:
+    """Exactly `count` bytes from `sock` (they were all sent before: the loop only waits for loopback delivery)."""
+    sock.setblocking(True)
+    sock.settimeout(5)
+    data = bytearray()
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        assert chunk, "connection closed early"
+        data += chunk
+    sock.setblocking(False)
+    return bytes(data)
+
+
+def send_all(sock: socket.socket, data: bytes) -> None:
+    sock.setblocking(True)
+    sock.sendall(data)
+    sock.setblocking(False)
+
+
+def test_moves_the_prefix_then_at_most_count_bytes(pipe: BodyPipe) -> None:
+    """Bytes past `count` (the next response, or garbage) stay in the origin's socket."""
+    origin_out, origin_in = pair()
+    client_in, client_out = pair()
+    body = os.urandom(100_000)
+    send_all(origin_out, body + b"NEXT")
+    taken, left = pipe.relay(origin_in.fileno(), client_in.fileno(), len(body), b"HEAD")
+    for _ in range(1000):  # loopback may hand the bytes over in more than one piece
+        assert left == b""
+        if taken == len(body):
+            break
+        moved, left = pipe.relay(origin_in.fileno(), client_in.fileno(), len(body) - taken, b"")
+        taken += moved
+    assert taken == len(body)
+    assert read_available(client_out, 4 + len(body)) == b"HEAD" + body
+    assert read_available(origin_in, 4) == b"NEXT"
+    for sock in (origin_out, origin_in, client_in, client_out):
+        sock.close()
+
+
+def test_nothing_to_take_still_sends_the_prefix(pipe: BodyPipe) -> None:
+    origin_out, origin_in = pair()
+    client_in, client_out = pair()
+    assert pipe.relay(origin_in.fileno(), client_in.fileno(), 1000, b"first bytes") == (0, b"")
+    assert read_available(client_out, 11) == b"first bytes"
+    for sock in (origin_out, origin_in, client_in, client_out):
+        sock.close()
+
+
+def test_origin_closed_before_the_body_ended(pipe: BodyPipe) -> None:
+    origin_out, origin_in = pair()
+    client_in, client_out = pair()
+    origin_out.close()
+    with pytest.raises(EOFError):
+        pipe.relay(origin_in.fileno(), client_in.fileno(), 1000, b"")
+    for sock in (origin_in, client_in, client_out):
+        sock.close()
+
+
+def test_full_client_socket_hands_back_what_it_could_not_take(pipe: BodyPipe) -> None:
+    """A client that does not read: what its socket could not take comes back, in order, for the transport to
+    write; nothing is lost or repeated."""
+    origin_out, origin_in = pair()
+    client_in, client_out = pair()
+    client_in.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    client_out.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    body = os.urandom(2_000_000)
+    sender = origin_out.dup()
+    sender.setblocking(True)
+    received = bytearray()
+    sent = 0
+    taken = 0
+    handed_back = b""
+    for _ in range(10_000):
+        if handed_back:
+            break
+        # Keep the origin's socket supplied until the client's is full.
+        if sent < len(body):
+            sent += sender.send(body[sent : sent + 65536])
+        moved, handed_back = pipe.relay(origin_in.fileno(), client_in.fileno(), len(body) - taken, b"")
+        taken += moved
+        assert taken < len(body), "a client that never reads took 2 MB"
+    delivered = taken - len(handed_back)
+    received += read_available(client_out, delivered)
+    assert bytes(received) + handed_back == body[:taken]
+    for sock in (sender, origin_out, origin_in, client_in, client_out):
+        sock.close()
