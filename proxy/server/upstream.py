@@ -311,9 +311,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             taken, left = pipe.relay(src, dst, self._remaining, held)
         except (OSError, EOFError) as exc:
             self.pool.replace_body_pipe()
-            reason = "closed the connection" if isinstance(exc, EOFError) else (exc.strerror or str(exc))
-            log.debug("splicing a response body from %s:%d failed: %s", self.key[0], self.key[1], reason)
-            message = f"{self.key[0]}:{self.key[1]} broke off a response body: {reason}"
+            # The head is out: the client sees the response cut off, as when either end fails without splicing.
+            reason = "the origin closed the connection" if isinstance(exc, EOFError) else (exc.strerror or str(exc))
+            message = f"relaying a response body from {self.key[0]}:{self.key[1]} failed: {reason}"
+            log.debug("%s", message)
             self._failed(client, UpstreamError(502, message, "connection_terminated"))
             return
         if left:
