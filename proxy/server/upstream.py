@@ -31,14 +31,16 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, int]
 
-# A connection that may get a body to splice reads this much at a time until its head is in and while the body is
-# spliced: what it reads is copied through the proxy, what it leaves in the socket may be spliced. Response heads
-# are mostly well under this; a longer one takes more reads.
+# A connection that expects a large body reads this much at a time until the head is in, and while a large rest of the
+# body is to come: what it reads is copied through the proxy, what such a small read leaves of a Content-Length body
+# in the socket is spliced, behind the bytes read, in one send. Response heads are mostly well under this; a longer
+# one takes more reads.
 _HEAD_READ_BYTES = 4 * 1024
-# Everything else is read in pieces this large (what uvloop itself reads into).
+# Everything else is read in pieces this large (what uvloop itself reads into): a response that is not expected to
+# be large takes one read and one send, as a small body is cheaper copied than spliced.
 _READ_BYTES = 256 * 1024
-# A Content-Length body of at least this much is spliced (below it, the extra system calls cost more than copying).
-_SPLICE_MIN_BYTES = 16 * 1024
+# A body is large from this size: after a response that large, a connection expects the next one to be as well.
+_SPLICE_MIN_BYTES = 24 * 1024
 # The bytes of a read (a head, the body's start) go to the client through the pipe, ahead of the spliced ones, up
 # to this much: a pipe holds at least 64 KiB, so they always fit into the empty pipe.
 _MAX_HELD_BYTES = 16 * 1024
@@ -95,6 +97,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         "_body_from",
         "_counting",
         "_data",
+        "_expect_large",
         "_fd",
         "_garbage",
         "_head_buf",
@@ -107,6 +110,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         "_read_into",
         "_remaining",
         "_reset_parser",
+        "_small_read",
         "_spliceable",
         "client",
         "closed",
@@ -155,8 +159,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self._in_body = False
         self._keep_alive = False
         self._reset_parser = False
-        self._spliceable = False  # a Content-Length body large enough to splice is on the way
+        self._spliceable = False  # a Content-Length body is on the way, and there is a pipe to splice it
+        self._small_read = False  # the last read was into the small buffer: it may have left the body in the socket
         self._counting = False  # some of this body was spliced: the rest is counted, not parsed
+        self._expect_large = True  # the next response may have a body to splice (the last one did, or none yet)
         self._fd = -1  # the socket's descriptor, once a body was spliced from it
         self._read_into: memoryview = None  # type: ignore[assignment]  # the buffer get_buffer handed out
         self._held: bytes | None = None  # body bytes of this read that go out ahead of the spliced ones
@@ -195,14 +201,17 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        # Small reads while a head or a body to splice is expected (`_spliceable` implies a body pipe).
+        # Small reads while the head of a large response or a large rest of a body is expected (`_spliceable`
+        # implies a body pipe).
         pool = self.pool
         if self.client is not None and (
             (self._spliceable and self._remaining >= _SPLICE_MIN_BYTES)
-            or (not self._in_body and not self.tunnel and pool.body_pipe is not None)
+            or (self._expect_large and not self._in_body and not self.tunnel and pool.body_pipe is not None)
         ):
+            self._small_read = True
             buffer = self._read_into = pool.head_buffer
         else:
+            self._small_read = False
             buffer = self._read_into = pool.read_buffer
         return buffer
 
@@ -274,7 +283,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                         out.append(body)
                         body = b"".join(out)
                         out.clear()
-                    if self._spliceable and self._remaining >= _SPLICE_MIN_BYTES and len(body) <= _MAX_HELD_BYTES:
+                    if self._small_read and self._spliceable and self._remaining and len(body) <= _MAX_HELD_BYTES:
                         self._held = body  # goes out with the spliced rest (buffer_updated), in one send
                     else:
                         client.transport.write(body)
@@ -336,7 +345,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             data = data[:remaining]
             self._garbage = True  # bytes after the response: the connection is not reused
         remaining = self._remaining = remaining - len(data)
-        if self._spliceable and remaining >= _SPLICE_MIN_BYTES and len(data) <= _MAX_HELD_BYTES:
+        if self._small_read and self._spliceable and remaining and len(data) <= _MAX_HELD_BYTES:
             self._held = data
             return
         client.transport.write(data)
@@ -451,12 +460,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self._keep_alive = parser.should_keep_alive()
         self._in_body = True
         self.dechunk = plan.dechunk
-        self._spliceable = (
-            framing is Framing.LENGTH
-            and plan.content_length >= _SPLICE_MIN_BYTES
-            and not plan.dechunk
-            and self.pool.body_pipe is not None
-        )
+        self._spliceable = framing is Framing.LENGTH and not plan.dechunk and self.pool.body_pipe is not None
         if plan.head is head and framing is Framing.LENGTH and head_at >= 0:
             # The head goes out as the origin wrote it: relayed together with the body of the same read, uncopied.
             self._body_from = head_at
@@ -501,6 +505,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self.complete = False
             self.dechunk = False
             self._in_body = False
+            self._expect_large = self._spliceable and plan.content_length >= _SPLICE_MIN_BYTES
             self._spliceable = False
             self._counting = False
             self.pool.release(self)

@@ -1,8 +1,8 @@
 """Bodies through the proxy: every framing both ways, streamed (never buffered whole), large ones intact.
 
-Every test that uses the module's `proxy` runs twice: with response bodies of 16 KiB and more spliced inside the
-kernel (`forward.splice_bodies = true`, the default on Linux) and with every body read and written by the proxy
-(`false`). What a client or an origin sees must not differ.
+Every test that uses the module's `proxy` runs twice: with large response bodies spliced inside the kernel
+(`forward.splice_bodies = true`, the default on Linux) and with every body read and written by the proxy (`false`).
+What a client or an origin sees must not differ.
 """
 
 from __future__ import annotations
@@ -499,9 +499,10 @@ async def test_client_abort_mid_download_does_not_poison_the_pool(
 
 # -- Content-Length bodies large enough to splice ----------------------------------------------------------------
 
-# Around the sizes where the proxy changes how it relays a body: its first read (4 KiB), the splice threshold
-# (16 KiB), a pipe-full (256 KiB) and beyond.
-SPLICE_SIZES = [0, 1, 4000, 4096, 16383, 16384, 16385, 65536, 262144, 262145, 300_000, MB]
+# Around the sizes where the proxy changes how it relays a body: a small read (4 KiB), the size from which a body is
+# large (24 KiB), a pipe-full (256 KiB) and beyond; small ones behind large ones (read in a small read, their rest
+# spliced) and the other way round (read in one large read).
+SPLICE_SIZES = [0, 1, 4000, 4096, 16384, 24575, 24576, 24577, 65536, 5000, 262144, 1, 262145, 300_000, 10_000, MB]
 
 
 def sized_response(size: int, seed: int) -> bytes:
