@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 TIMEOUT = 10.0
@@ -134,3 +135,21 @@ async def exchange(port: int, data: bytes, *, method: bytes = b"GET", timeout: f
         return await read_response(reader, method=method, timeout=timeout)
     finally:
         await close_writer(writer)
+
+
+def get(url: str) -> bytes:
+    """A keep-alive absolute-form GET of `url`, as a client sends it to a proxy."""
+    return b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % url.encode()
+
+
+async def exchanges(port: int, requests: Sequence[bytes], timeout: float = TIMEOUT) -> list[RawResponse]:
+    """Send `requests` one after the other on one connection, each once the response before it was read."""
+    reader, writer = await open_raw(port, timeout)
+    responses = []
+    try:
+        for request in requests:
+            writer.write(request)
+            responses.append(await read_response(reader, timeout=timeout))
+    finally:
+        await close_writer(writer)
+    return responses

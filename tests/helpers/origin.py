@@ -13,7 +13,7 @@ import hashlib
 import socket
 import ssl
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -294,6 +294,18 @@ async def serve_ok(conn: RawConn) -> None:
         await conn.send(ok_response(b"ok " + request.target))
         if (request.header(b"connection") or b"").lower() == b"close":
             return
+
+
+def serve_special(answers: Mapping[bytes, bytes]) -> RawHandler:
+    """A handler that sends the bytes in `answers` for those targets (well-formed or not), and answers every other
+    target as `serve_ok` does, on a keep-alive connection."""
+
+    async def handler(conn: RawConn) -> None:
+        while (request := await conn.read_request()) is not None:
+            answer = answers.get(request.target)
+            await conn.send(ok_response(b"ok " + request.target) if answer is None else answer)
+
+    return handler
 
 
 class RawOriginFactory(Protocol):

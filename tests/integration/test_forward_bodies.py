@@ -18,7 +18,16 @@ from aiohttp import web
 from tests.helpers import http
 from tests.helpers.clients import curl, requests_session
 from tests.helpers.data import MB, ablocks, blocks, payload, sha256_of
-from tests.helpers.origin import Handler, Origin, RawConn, RawOrigin, RawOriginFactory, Recorded, ok_response
+from tests.helpers.origin import (
+    Handler,
+    Origin,
+    RawConn,
+    RawOrigin,
+    RawOriginFactory,
+    Recorded,
+    ok_response,
+    serve_special,
+)
 from tests.helpers.proxy_process import ProxyProcess, launch_proxy, peak_rss_kib, stop_and_check
 
 pytestmark = pytest.mark.asyncio
@@ -393,26 +402,14 @@ async def test_slow_origin_applies_backpressure_to_the_client(
 async def test_response_trailers_pass_through(proxy: ProxyProcess, raw_origin_factory: RawOriginFactory) -> None:
     """A chunked response with trailer fields reaches the client with its body and its trailers intact (the
     proxy relays the chunked framing as the origin wrote it), and the connection carries the next request."""
-
-    async def with_trailers(conn: RawConn) -> None:
-        while (request := await conn.read_request()) is not None:
-            if request.target == b"/trailers":
-                await conn.send(
-                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
-                    b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc\r\nX-Other: 1\r\n\r\n"
-                )
-            else:
-                await conn.send(ok_response(b"ok " + request.target))
-
-    origin = await raw_origin_factory(with_trailers)
-    reader, writer = await http.open_raw(proxy.port)
-    try:
-        writer.write(b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/trailers").encode())
-        response = await http.read_response(reader)
-        writer.write(b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/after").encode())
-        following = await http.read_response(reader)
-    finally:
-        await http.close_writer(writer)
+    trailers = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc\r\nX-Other: 1\r\n\r\n"
+    )
+    origin = await raw_origin_factory(serve_special({b"/trailers": trailers}))
+    response, following = await http.exchanges(
+        proxy.port, [http.get(origin.url("/trailers")), http.get(origin.url("/after"))]
+    )
     assert response.body == b"hello world"
     assert response.header(b"trailer") == b"X-Checksum"
     assert response.trailers == [b"X-Checksum: abc", b"X-Other: 1"]
@@ -617,23 +614,10 @@ async def test_bytes_after_a_large_body_never_reach_the_client(
     its next request gets the origin's real answer, and the connection that misbehaved is not used again."""
     body = payload(100_000, seed=21)
 
-    async def injecting(conn: RawConn) -> None:
-        while (request := await conn.read_request()) is not None:
-            if request.target == b"/inject":
-                injected = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED"
-                await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b%b" % (len(body), body, injected))
-            else:
-                await conn.send(ok_response(b"ok " + request.target))
-
-    origin = await raw_origin_factory(injecting)
-    reader, writer = await http.open_raw(proxy.port)
-    try:
-        writer.write(b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/inject").encode())
-        first = await http.read_response(reader)
-        writer.write(b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/real").encode())
-        second = await http.read_response(reader)
-    finally:
-        await http.close_writer(writer)
+    injected = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED"
+    large = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b%b" % (len(body), body, injected)
+    origin = await raw_origin_factory(serve_special({b"/inject": large}))
+    first, second = await http.exchanges(proxy.port, [http.get(origin.url("/inject")), http.get(origin.url("/real"))])
     assert first.body == body
     assert second.body == b"ok /real"
     assert [[r.target for r in c.requests] for c in origin.conns] == [[b"/inject"], [b"/real"]]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import http
-from tests.helpers.origin import RawConn, RawOrigin, RawOriginFactory, ok_response
+from tests.helpers.origin import RawOrigin, RawOriginFactory, ok_response, serve_special
 from tests.helpers.proxy_process import ProxyProcess
 
 pytestmark = pytest.mark.asyncio
@@ -161,23 +161,9 @@ async def test_origin_cannot_inject_a_second_response(
     """Bytes an origin sends after a complete response (here, a whole extra response) never reach the client as
     the answer to its next request: that request gets the origin's real answer."""
 
-    async def injecting(conn: RawConn) -> None:
-        while (request := await conn.read_request()) is not None:
-            if request.target == b"/inject":
-                await conn.send(ok_response(b"ok") + b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED")
-            else:
-                await conn.send(ok_response(b"ok " + request.target))
-
-    origin = await raw_origin_factory(injecting)
-    reader, writer = await http.open_raw(proxy.port)
-    try:
-        writer.write(b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/inject").encode())
-        first = await http.read_response(reader)
-        await origin.wait_for_requests(1)
-        writer.write(b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/real").encode())
-        second = await http.read_response(reader)
-    finally:
-        await http.close_writer(writer)
+    injected = ok_response(b"ok") + b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nINJECTED"
+    origin = await raw_origin_factory(serve_special({b"/inject": injected}))
+    first, second = await http.exchanges(proxy.port, [http.get(origin.url("/inject")), http.get(origin.url("/real"))])
     assert first.body == b"ok"
     assert second.body == b"ok /real"
     for request in origin.requests:
