@@ -25,7 +25,7 @@ from proxy.server.http1 import (
     plan_connect,
     plan_request,
 )
-from proxy.server.splice import SpliceTunnel
+from proxy.server.splice import SpliceTunnel, socket_fd
 from proxy.server.upstream import UpstreamConnection, UpstreamError
 
 if TYPE_CHECKING:
@@ -208,8 +208,7 @@ class ClientConnection(asyncio.Protocol):
         closing."""
         fd = self._fd
         if fd < 0:
-            sock = self.transport.get_extra_info("socket")
-            fd = self._fd = -1 if sock is None else int(sock.fileno())
+            fd = self._fd = socket_fd(self.transport)
         return fd
 
     # -- flow control -------------------------------------------------------------------------------------------

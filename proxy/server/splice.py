@@ -48,6 +48,13 @@ else:  # pragma: no cover - the relay is Linux only
         raise OSError("splice(2) is Linux only")
 
 
+def socket_fd(transport: asyncio.BaseTransport) -> int:
+    """The descriptor of `transport`'s socket, or -1 when it has none. The number is only valid while the transport
+    is not closing: once it is, the descriptor may be closed, and its number reused."""
+    sock = transport.get_extra_info("socket")
+    return -1 if sock is None else int(sock.fileno())
+
+
 class _Direction:
     """One way through the tunnel: bytes read from `src` wait in the pipe until `dst` takes them."""
 
@@ -93,14 +100,14 @@ class SpliceTunnel:
         """
         if not AVAILABLE or client.get_write_buffer_size() or origin.get_write_buffer_size():
             return None
-        client_sock = client.get_extra_info("socket")
-        origin_sock = origin.get_extra_info("socket")
-        if client_sock is None or origin_sock is None:
+        client_fd = socket_fd(client)
+        origin_fd = socket_fd(origin)
+        if client_fd < 0 or origin_fd < 0:
             return None
         fds: list[int] = []
         try:
-            fds.append(os.dup(client_sock.fileno()))
-            fds.append(os.dup(origin_sock.fileno()))
+            fds.append(os.dup(client_fd))
+            fds.append(os.dup(origin_fd))
             for _ in range(2):
                 read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
                 fds += (read_end, write_end)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from proxy.server.http1 import MAX_HEAD_BYTES, Framing, ResponsePlan, plan_response, plan_switching_protocols
-from proxy.server.splice import BodyPipe
+from proxy.server.splice import BodyPipe, socket_fd
 
 if TYPE_CHECKING:
     from proxy.server.forward import ClientConnection, Exchange
@@ -310,7 +310,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             return
         src = self._fd
         if src < 0:
-            src = self._fd = _socket_fd(self.transport)
+            src = self._fd = socket_fd(self.transport)
         dst = client.socket_fd()
         if src < 0 or dst < 0:
             self._spliceable = False
@@ -541,11 +541,6 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         if tail:
             client.transport.write(tail)
         client.upgraded(exchange, self)
-
-
-def _socket_fd(transport: asyncio.BaseTransport) -> int:
-    sock = transport.get_extra_info("socket")
-    return -1 if sock is None else int(sock.fileno())
 
 
 class UpstreamPool:
