@@ -502,8 +502,11 @@ async def test_client_abort_mid_download_does_not_poison_the_pool(
 SPLICE_SIZES = [0, 1, 4000, 4096, 16384, 24575, 24576, 24577, 65536, 5000, 262144, 1, 262145, 300_000, 10_000, MB]
 
 
-def sized_response(size: int, seed: int) -> bytes:
-    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (size, payload(size, seed))
+async def serve_sized(conn: RawConn) -> None:
+    """Answer `/<anything>/<size>` with a `size`-byte Content-Length body, `payload(size, size % 97)`."""
+    while (request := await conn.read_request()) is not None:
+        size = int(request.target.rsplit(b"/", 1)[1])
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (size, payload(size, size % 97)))
 
 
 async def test_content_length_bodies_of_every_size_on_one_connection(
@@ -512,12 +515,7 @@ async def test_content_length_bodies_of_every_size_on_one_connection(
     """Bodies from empty to 1 MB, one after the other on one client connection and one origin connection, arrive
     byte for byte: however a body was relayed, the next response is read from the right place."""
 
-    async def sized(conn: RawConn) -> None:
-        while (request := await conn.read_request()) is not None:
-            size = int(request.target.rsplit(b"/", 1)[1])
-            await conn.send(sized_response(size, seed=size % 97))
-
-    origin = await raw_origin_factory(sized)
+    origin = await raw_origin_factory(serve_sized)
     reader, writer = await http.open_raw(proxy.port)
     try:
         for size in SPLICE_SIZES:
@@ -539,12 +537,7 @@ async def test_pipelined_requests_with_large_responses_in_order(
     """Requests pipelined in one write get their large and small responses in order, each intact."""
     sizes = [100_000, 20_000, 10, 70_000, 300_000]
 
-    async def sized(conn: RawConn) -> None:
-        while (request := await conn.read_request()) is not None:
-            size = int(request.target.rsplit(b"/", 1)[1])
-            await conn.send(sized_response(size, seed=size % 89))
-
-    origin = await raw_origin_factory(sized)
+    origin = await raw_origin_factory(serve_sized)
     reader, writer = await http.open_raw(proxy.port)
     try:
         writer.write(
@@ -552,7 +545,7 @@ async def test_pipelined_requests_with_large_responses_in_order(
         )
         for size in sizes:
             response = await http.read_response(reader)
-            assert response.body == payload(size, seed=size % 89), f"{size}-byte body differs"
+            assert response.body == payload(size, seed=size % 97), f"{size}-byte body differs"
     finally:
         await http.close_writer(writer)
 
