@@ -188,6 +188,8 @@ def split_authority(authority: bytes, default_port: int | None) -> tuple[str, in
             raise RequestRejected(400, f"empty port in {text!r}")
     if not host or any(c in host for c in " /\\?#%") or not all(32 < ord(c) < 127 for c in host):
         raise RequestRejected(400, f"invalid host in {text!r}")
+    if not text.startswith("["):
+        _check_host_name(host)
     if port_text:
         if not port_text.isdigit() or len(port_text) > 5 or not 0 < int(port_text) < 65536:
             raise RequestRejected(400, f"invalid port in {text!r}")
@@ -195,6 +197,24 @@ def split_authority(authority: bytes, default_port: int | None) -> tuple[str, in
     if default_port is None:
         raise RequestRejected(400, f"missing port in {text!r}")
     return host, default_port
+
+
+_MAX_HOST_NAME = 253  # RFC 1035 §2.3.4, without the trailing dot of a fully qualified name
+_MAX_LABEL = 63
+
+
+def _check_host_name(host: str) -> None:
+    """Refuse a name that no resolver can look up: an empty label or one over 63 characters, or over 253 in all
+    (the resolver's IDNA encoding raises for those, long after the request was accepted)."""
+    name = host[:-1] if host.endswith(".") else host
+    shown = host if len(host) <= 80 else host[:77] + "..."
+    if len(name) > _MAX_HOST_NAME:
+        raise RequestRejected(400, f"invalid host {shown!r}: longer than {_MAX_HOST_NAME} characters")
+    for label in name.split("."):
+        if not label:
+            raise RequestRejected(400, f"invalid host {shown!r}: an empty label")
+        if len(label) > _MAX_LABEL:
+            raise RequestRejected(400, f"invalid host {shown!r}: a label longer than {_MAX_LABEL} characters")
 
 
 def plan_connect(target: bytes, allowed_ports: frozenset[int]) -> tuple[str, int]:

@@ -606,6 +606,8 @@ class UpstreamPool:
             ) from None
         except socket.gaierror as exc:
             raise UpstreamError(502, f"DNS lookup of {host} failed: {exc.strerror}", "dns_error") from None
+        except UnicodeError as exc:  # the resolver's IDNA encoding (split_authority refuses what it knows of it)
+            raise UpstreamError(502, f"DNS lookup of {host} failed: {exc}", "dns_error") from None
         except ConnectionRefusedError:
             raise UpstreamError(502, f"connection to {host}:{port} refused", "connection_refused") from None
         except OSError as exc:

@@ -175,6 +175,25 @@ async def test_dns_failure_is_502(proxy: ProxyProcess) -> None:
     await error_exchange(proxy.port, get("http://nonexistent.invalid/path"), 502, "nonexistent.invalid", "dns")
 
 
+LONG_LABEL_HOST = "a" * 300 + ".example"
+
+
+@pytest.mark.parametrize(
+    ("host", "words"),
+    [(LONG_LABEL_HOST, "longer than 253"), ("b" * 64 + ".example", "label longer than 63"), ("a..b", "empty label")],
+)
+async def test_host_no_resolver_can_encode_is_a_prompt_400(proxy: ProxyProcess, host: str, words: str) -> None:
+    """A target host the resolver cannot even encode (IDNA: a label over 63 characters, over 253 in all, an empty
+    label) is malformed: 400 at once, naming why, never a connection left waiting."""
+    await error_exchange(proxy.port, get(f"http://{host}/x"), 400, "invalid host", words)
+
+
+async def test_connect_to_a_host_no_resolver_can_encode_is_a_prompt_400(proxy: ProxyProcess) -> None:
+    """The same for a CONNECT tunnel (which was never answered, and held the drain on shutdown)."""
+    data = b"CONNECT %b:443 HTTP/1.1\r\nHost: %b:443\r\n\r\n" % ((b"c" * 64 + b".example",) * 2)
+    await error_exchange(proxy.port, data, 400, "label longer than 63")
+
+
 async def refuse_upload(conn: RawConn) -> None:
     """Answers 413 as soon as the head arrives, before reading the body (then discards it until the proxy closes)."""
     assert await conn.read_head() is not None

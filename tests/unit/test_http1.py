@@ -258,12 +258,34 @@ def test_other_targets_are_refused(target: bytes) -> None:
         (b"http://exa mple.com/", "invalid host"),
         (b"http://exa\x7fmple.com/", "invalid host"),
         (b"http://ex\xc3\xa4mple.com/", "not ASCII"),
+        (b"http://" + b"a" * 64 + b".example/", "a label longer than 63"),
+        (b"http://" + b"a" * 300 + b".example:8080/", "longer than 253"),
+        (b"http://" + b"abcdefgh." * 28 + b"example/", "longer than 253"),
+        (b"http://a..example/", "empty label"),
+        (b"http://.example/", "empty label"),
+        (b"http://example../", "empty label"),
     ],
 )
 def test_bad_authority_is_refused(target: bytes, words: str) -> None:
     err = rejected(target)
     assert err.status == 400
     assert words in err.message
+
+
+@pytest.mark.parametrize(
+    "host", [b"a" * 63 + b".example", b"example.com.", b"abcdefgh." * 27 + b"example", b"my_host.internal", b"x"]
+)
+def test_longest_and_odd_but_resolvable_host_names_are_accepted(host: bytes) -> None:
+    """The limits are the resolver's (63 per label, 253 in all, a trailing dot allowed), nothing stricter."""
+    plan = request(b"http://%b:81/" % host)
+    assert plan.origin == (host.decode(), 81)
+    assert host.decode().encode("idna")  # what the resolver does with it, and the reason for the limits
+
+
+def test_connect_to_a_host_no_resolver_can_encode_is_refused() -> None:
+    with pytest.raises(RequestRejected, match="a label longer than 63") as info:
+        plan_connect(b"a" * 64 + b".example:443", frozenset())
+    assert info.value.status == 400
 
 
 def test_bad_authority_is_not_cached() -> None:
