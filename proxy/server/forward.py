@@ -459,6 +459,11 @@ class ClientConnection(asyncio.Protocol):
                 self._ended(current)
                 self.current = None
             else:
+                reading = self._reading
+                if reading is not None:
+                    # The malformed body belongs to a queued request (always the last one): it never starts.
+                    self._reading = None
+                    self._queue.remove(reading)
                 self._deferred_error = body  # after the responses to the requests before the bad one
                 return
         self.transport.write(body)

@@ -130,6 +130,32 @@ async def test_malformed_request_pipelined_behind_a_valid_one(proxy: ProxyProces
     raw_origin.requests[0].assert_proxied()
 
 
+@pytest.mark.parametrize(
+    "bad_chunk", [b"zz\r\nhello\r\n0\r\n\r\n", b"5\r\nhelloXX0\r\n\r\n", b"5;\x01\r\nhello\r\n0\r\n\r\n"]
+)
+async def test_malformed_chunked_body_pipelined_behind_a_valid_request(
+    proxy: ProxyProcess, raw_origin: RawOrigin, bad_chunk: bytes
+) -> None:
+    """A valid request, then in the same segment a chunked POST whose body turns out malformed while the first is
+    still in flight: the first is answered, the POST gets its 400 after it and the connection closes, and not a
+    byte of the POST reaches the origin (it was queued, and must be dropped from the queue, not started)."""
+    valid = b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % raw_origin.url("/first").encode()
+    post = b"POST %b HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n" % raw_origin.url("/bad").encode()
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        writer.write(valid + post + bad_chunk)
+        first = await http.read_response(reader)
+        second = await http.read_response(reader)
+        await http.expect_eof(reader)
+    finally:
+        await http.close_writer(writer)
+    assert (first.status, first.body) == (200, b"ok /first")
+    assert second.status == 400, second
+    assert b"malformed" in second.body
+    assert [r.target for r in raw_origin.requests] == [b"/first"]
+    assert raw_origin.received == raw_origin.requests[0].head
+
+
 async def test_chunked_body_cannot_hide_a_request(proxy: ProxyProcess, raw_origin: RawOrigin) -> None:
     """A request smuggled inside a chunked body stays body: the origin gets one request whose body contains it,
     re-framed by the proxy, and the client gets exactly one response."""
