@@ -33,6 +33,10 @@ import sys
 # calls per byte). Pipe memory is only used while bytes are in it; a refused size keeps the default.
 _PIPE_BYTES = 256 * 1024
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+# The least a body pipe must hold: what `relay` is given to send ahead of the spliced bytes fits into it. Past the
+# user's pipe quota (/proc/sys/fs/pipe-user-pages-soft: about 128 spliced tunnels) new pipes hold only two pages.
+MIN_BODY_PIPE_BYTES = 64 * 1024
 
 if sys.platform == "linux":
     AVAILABLE = hasattr(os, "splice")
@@ -208,14 +212,16 @@ class SpliceTunnel:
 class BodyPipe:
     """The one pipe through which a process splices response bodies (see the module's docstring)."""
 
-    __slots__ = ("_r", "_w")
+    __slots__ = ("_r", "_w", "capacity")
 
-    def __init__(self, pipe: tuple[int, int]) -> None:
+    def __init__(self, pipe: tuple[int, int], capacity: int) -> None:
         self._r, self._w = pipe
+        self.capacity = capacity  # bytes the pipe holds, as the kernel reported it
 
     @classmethod
     def open(cls) -> BodyPipe | None:
-        """A new pipe, or None where splice(2) is missing or no descriptor is left."""
+        """A new pipe, or None where splice(2) is missing, no descriptor is left, or the pipe the kernel gives holds
+        less than MIN_BODY_PIPE_BYTES (bodies are then copied, as without splice)."""
         if not AVAILABLE:
             return None
         try:
@@ -224,20 +230,36 @@ class BodyPipe:
             return None
         with contextlib.suppress(OSError):
             fcntl.fcntl(pipe[1], _F_SETPIPE_SZ, _PIPE_BYTES)
-        return cls(pipe)
+        try:
+            capacity = fcntl.fcntl(pipe[1], _F_GETPIPE_SZ)
+        except OSError:
+            capacity = 0
+        if capacity < MIN_BODY_PIPE_BYTES:
+            for fd in pipe:
+                os.close(fd)
+            return None
+        return cls(pipe, capacity)
 
     def relay(self, src: int, dst: int, count: int, prefix: bytes) -> tuple[int, bytes]:
-        """Send `prefix` (at most 64 KiB), then move up to `count` bytes that `src` already holds to `dst`, without
-        waiting for either: the prefix and the first pipe-full go out in one send.
+        """Send `prefix`, then move up to `count` bytes that `src` already holds to `dst`, without waiting for
+        either: the prefix and the first pipe-full go out in one send.
 
         Returns how many bytes were taken from `src`, and the last bytes that `dst` could not take at once (its
-        socket buffer is full): the caller writes those through dst's transport, which waits for it. Raises OSError
-        when either end failed, EOFError when `src` ended first; the pipe may then hold bytes, and must be closed.
+        socket buffer is full): the caller writes those through dst's transport, which waits for it. A prefix the
+        empty pipe cannot hold whole is handed back at once, with nothing taken. Raises OSError when either end
+        failed, EOFError when `src` ended first; the pipe may then hold bytes, and must be closed.
         """
-        pending = os.write(self._w, prefix) if prefix else 0  # the pipe is empty: all of it fits
+        pending = 0
+        if prefix:
+            pending = os.write(self._w, prefix) if len(prefix) <= self.capacity else 0
+            if pending < len(prefix):  # a pipe smaller than it said: take nothing back from it but the prefix
+                if pending:
+                    self._read(pending)
+                return 0, prefix
+        capacity = self.capacity
         taken = 0
         while taken < count:
-            want = min(count - taken, _PIPE_BYTES - pending)
+            want = min(count - taken, capacity - pending)
             try:
                 moved = _splice(src, self._w, want)
             except BlockingIOError:

@@ -42,7 +42,7 @@ _READ_BYTES = 256 * 1024
 # A body is large from this size: after a response that large, a connection expects the next one to be as well.
 _SPLICE_MIN_BYTES = 24 * 1024
 # The bytes of a read (a head, the body's start) go to the client through the pipe, ahead of the spliced ones, up
-# to this much: a pipe holds at least 64 KiB, so they always fit into the empty pipe.
+# to this much: a body pipe holds at least splice.MIN_BODY_PIPE_BYTES, so they fit into the empty pipe.
 _MAX_HELD_BYTES = 16 * 1024
 
 

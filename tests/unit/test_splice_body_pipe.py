@@ -3,13 +3,14 @@ what it hands back when the client's socket is full."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 from collections.abc import Iterator
 
 import pytest
 
-from proxy.server.splice import AVAILABLE, BodyPipe
+from proxy.server.splice import AVAILABLE, MIN_BODY_PIPE_BYTES, BodyPipe
 
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason="splice(2) is Linux only")
 
@@ -118,3 +119,54 @@ def test_full_client_socket_hands_back_what_it_could_not_take(pipe: BodyPipe) ->
     assert bytes(received) + handed_back == body[:taken]
     for sock in (sender, origin_out, origin_in, client_in, client_out):
         sock.close()
+
+
+def shrunk_pipe(claimed: int) -> BodyPipe:
+    """A BodyPipe over a pipe of one page (what a process past its pipe quota gets), claiming `claimed` bytes."""
+    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    assert fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ) == 4096
+    return BodyPipe((read_end, write_end), claimed)
+
+
+@pytest.mark.parametrize("claimed", [4096, 65536], ids=["known-small", "smaller-than-claimed"])
+def test_a_prefix_larger_than_the_pipe_comes_back_whole_and_nothing_is_taken(claimed: int) -> None:
+    """A 16 KiB prefix and a one-page pipe (whether the pipe's size is known or not): the prefix comes back for the
+    transport to write, the body stays in the origin's socket, and the pipe is left empty."""
+    small = shrunk_pipe(claimed)
+    origin_out, origin_in = pair()
+    client_in, client_out = pair()
+    prefix = os.urandom(16 * 1024)
+    body = os.urandom(50_000)
+    send_all(origin_out, body)
+    assert small.relay(origin_in.fileno(), client_in.fileno(), len(body), prefix) == (0, prefix)
+    assert read_available(origin_in, len(body)) == body
+    assert small.relay(origin_in.fileno(), client_in.fileno(), 0, b"after") == (0, b"")
+    assert read_available(client_out, 5) == b"after"  # nothing of the first prefix was left in the pipe
+    small.close()
+    for sock in (origin_out, origin_in, client_in, client_out):
+        sock.close()
+
+
+def test_a_pipe_smaller_than_claimed_moves_what_fits_and_loses_nothing() -> None:
+    small = shrunk_pipe(65536)
+    origin_out, origin_in = pair()
+    client_in, client_out = pair()
+    body = os.urandom(50_000)
+    send_all(origin_out, body)
+    taken, left = small.relay(origin_in.fileno(), client_in.fileno(), len(body), b"HEAD")
+    for _ in range(1000):  # a page or less at a time
+        assert left == b""
+        if taken == len(body):
+            break
+        moved, left = small.relay(origin_in.fileno(), client_in.fileno(), len(body) - taken, b"")
+        taken += moved
+    assert taken == len(body)
+    assert read_available(client_out, 4 + len(body)) == b"HEAD" + body
+    small.close()
+    for sock in (origin_out, origin_in, client_in, client_out):
+        sock.close()
+
+
+def test_open_reports_what_the_pipe_holds(pipe: BodyPipe) -> None:
+    assert pipe.capacity >= MIN_BODY_PIPE_BYTES
