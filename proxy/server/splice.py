@@ -264,7 +264,11 @@ class BodyPipe:
                 moved = _splice(src, self._w, want)
             except BlockingIOError:
                 break  # nothing more has arrived yet
+            except OSError:
+                self._salvage(dst, pending)
+                raise
             if moved == 0:
+                self._salvage(dst, pending)
                 raise EOFError
             taken += moved
             left = self._drain(dst, pending + moved)
@@ -276,6 +280,13 @@ class BodyPipe:
         if pending:
             return taken, self._drain(dst, pending)
         return taken, b""
+
+    def _salvage(self, dst: int, count: int) -> None:
+        """The origin failed: the prefix still in the pipe goes to `dst` as far as it takes it at once, so the client
+        sees the response begin and then cut off, as when the same bytes were copied before the failure."""
+        with contextlib.suppress(OSError):
+            while count:
+                count -= _splice(self._r, dst, count)
 
     def _drain(self, dst: int, count: int) -> bytes:
         """Splice the pipe's `count` bytes to `dst`; what dst cannot take now is read back and returned."""

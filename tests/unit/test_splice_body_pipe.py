@@ -91,6 +91,19 @@ def test_origin_closed_before_the_body_ended(pipe: BodyPipe) -> None:
         sock.close()
 
 
+def test_origin_failing_still_lets_the_prefix_through(pipe: BodyPipe) -> None:
+    """The head and the body's start, sent ahead, reach the client even when the origin ended or failed right
+    after them: the client sees the response begin and break off (as on the copy relay), not nothing at all."""
+    origin_out, origin_in = pair()
+    client_in, client_out = pair()
+    origin_out.close()
+    with pytest.raises(EOFError):
+        pipe.relay(origin_in.fileno(), client_in.fileno(), 1000, b"HTTP/1.1 200 OK\r\n\r\nstart")
+    assert read_available(client_out, 24) == b"HTTP/1.1 200 OK\r\n\r\nstart"
+    for sock in (origin_in, client_in, client_out):
+        sock.close()
+
+
 def test_full_client_socket_hands_back_what_it_could_not_take(pipe: BodyPipe) -> None:
     """A client that does not read: what its socket could not take comes back, in order, for the transport to
     write; nothing is lost or repeated."""
