@@ -40,6 +40,8 @@ _MAX_PENDING = 1 << 20
 _LINGER_SECONDS = 2.0
 
 _ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
+# Methods a request may be repeated with, with no other effect than sending it once (RFC 9110 §9.2.2).
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
 def _may_name_connection(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -379,13 +381,11 @@ class ClientConnection(asyncio.Protocol):
             return
         self.current = None
         exchange.upstream = None
-        if (
-            close_client
-            or self.closing_after_response
-            or not exchange.body_done
-            or exchange.plan.upgrade
-            or self.transport.is_closing()
-        ):
+        if not exchange.body_done:
+            # Answered before the client finished sending its body: what it still sends is read and dropped for a
+            # moment, so that a close does not reset the answer away (RFC 9112 §9.6).
+            self._linger()
+        elif close_client or self.closing_after_response or exchange.plan.upgrade or self.transport.is_closing():
             self._close()
         elif self._queue or self._input_done or self._deferred_error is not None:
             self._next()
@@ -418,8 +418,16 @@ class ClientConnection(asyncio.Protocol):
         if up.response_started:
             self.response_broken(exchange)
             return
-        if up.reused and not up.got_bytes and not exchange.retried and exchange.plan.body is Framing.NONE:
-            # A pooled connection the origin had already closed: safe to send the same head once more.
+        plan = exchange.plan
+        if (
+            up.reused
+            and not up.got_bytes
+            and not exchange.retried
+            and plan.body is Framing.NONE
+            and plan.head[: plan.head.find(b" ")] in _IDEMPOTENT
+        ):
+            # A pooled connection the origin had closed, perhaps after reading the request: only a request that
+            # may be repeated is sent once more (RFC 9110 §9.2.2; nginx's default too).
             exchange.retried = True
             exchange.upstream = None
             self._server.spawn(self._connect(exchange))

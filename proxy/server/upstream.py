@@ -448,7 +448,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             request_is_head=request.method_is_head,
             client_http11=request.http11,
             client_keep_alive=request.keep_alive and not request.upgrade,
-            force_close=self.client.closing_after_response,
+            # An answer before the request's body ended closes the client connection after it (RFC 9112 §9.6).
+            force_close=self.client.closing_after_response or not exchange.body_done,
         )
         if status < 200:
             if request.http11:
