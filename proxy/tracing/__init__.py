@@ -1,7 +1,7 @@
 """Sans-I/O Sentry trace propagation: what ``sentry-trace`` / ``baggage`` / ``traceparent`` to write.
 
 The I/O layer builds one :class:`Propagator` at start-up and calls :meth:`Propagator.decide`
-for every outbound request; the rules are in ``propagation.md``.
+for every outbound request; the rules are in ``docs/propagation.md``.
 """
 
 from proxy.tracing.context import IncomingTrace

@@ -2,7 +2,7 @@
 
 The proxy never re-encodes a member it received: each member keeps its raw (OWS-trimmed) text,
 so the frozen dynamic sampling context (DSC, the ``sentry-`` members) is forwarded byte for
-byte (propagation.md §5) and third-party members come out exactly as the client sent them.
+byte (docs/propagation.md §5) and third-party members come out exactly as the client sent them.
 Only values the proxy writes itself are percent-encoded, with :func:`encode_value`.
 
 Parsing is lenient per member and strict per character: a member that does not follow the W3C

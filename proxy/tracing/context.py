@@ -2,7 +2,7 @@
 
 Pure functions over an :class:`IncomingTrace` and the :class:`PropagationConfig`; no I/O and no
 randomness except what the caller passes in (a new trace's ``sample_rand``). The rules are
-propagation.md §3-§6:
+docs/propagation.md §3-§6:
 
 * a continued trace keeps the incoming sampling flag whatever the proxy's own rate; a deferred
   one is decided here when a rate is configured;

@@ -1,7 +1,7 @@
 """The facade the I/O layer uses: one :class:`Propagator`, one :meth:`~Propagator.decide` per request.
 
 ``decide`` reads the few headers that matter from a :data:`Carrier`, picks the trace source in
-the order of propagation.md §10 (the request's ``sentry-trace``, its ``traceparent`` when
+the order of docs/propagation.md §10 (the request's ``sentry-trace``, its ``traceparent`` when
 enabled, the proxy's environment, a new trace), applies the org checks of §6, and returns the
 header values to write as a :class:`Decision`. It does no I/O, so the I/O layer only removes
 :attr:`~Propagator.strip_names` and adds the decided values.

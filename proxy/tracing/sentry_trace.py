@@ -2,7 +2,7 @@
 
 Both headers carry the same three facts (trace id, span id of the sender, sampling decision), so
 both parse into one :class:`TraceHeader`. The grammar is deliberately stricter than the SDKs'
-regex (propagation.md §1, §8): every SDK accepts what this module accepts, and everything it
+regex (docs/propagation.md §1, §8): every SDK accepts what this module accepts, and everything it
 rejects is treated as "no header", which makes the proxy start a new trace.
 
 One anchored regular expression per header is used: validating 48 hex digits with ``str``

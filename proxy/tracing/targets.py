@@ -1,4 +1,4 @@
-"""``trace_propagation_targets``: which outbound URLs get trace headers (propagation.md §7).
+"""``trace_propagation_targets``: which outbound URLs get trace headers (docs/propagation.md §7).
 
 Entries are regular expressions *searched* (``re.search``, case-sensitive) in the full URL, as
 in the Python SDK, so a plain host name matches anywhere in the URL. ``[".*"]`` (the default)

@@ -24,7 +24,7 @@ from conformance_sink import EnvelopeSink, ReceivedTransaction
 
 SENTRY_TRACE = re.compile(r"([0-9a-f]{32})-([0-9a-f]{16})(?:-([01]))?")
 SPAN_ID = re.compile(r"[0-9a-f]{16}")
-SAMPLE_RAND = re.compile(r"0\.[0-9]{6}")  # propagation.md §3: exactly 6 decimals, in [0, 1)
+SAMPLE_RAND = re.compile(r"0\.[0-9]{6}")  # docs/propagation.md §3: exactly 6 decimals, in [0, 1)
 
 PROXY_DSN = "https://pk123@o42.ingest.sentry.io/7"
 PROXY_ENVIRONMENT = "conformance stage"  # a space: written %20, the SDK must read it back
@@ -289,7 +289,7 @@ def test_parent_from_environment(
 def test_other_organisation_starts_a_new_trace(
     start_proxy: StartProxy, downstream: Downstream, sink: EnvelopeSink, http: requests.Session
 ) -> None:
-    """propagation.md §6: an incoming DSC of another org id is not continued; the SDK follows the proxy's trace."""
+    """docs/propagation.md §6: an incoming DSC of another org id is not continued; the SDK follows the proxy's trace."""
     proxy = start_proxy(proxy_sentry())
     trace_id, parent = new_ids()
     baggage = client_baggage(trace_id).replace("sentry-org_id=42", "sentry-org_id=99")

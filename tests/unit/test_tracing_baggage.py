@@ -1,4 +1,4 @@
-"""W3C ``baggage`` parsing and writing (propagation.md §2)."""
+"""W3C ``baggage`` parsing and writing (docs/propagation.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``sentry-trace`` and ``traceparent`` parsing and formatting (propagation.md §1, §8)."""
+"""``sentry-trace`` and ``traceparent`` parsing and formatting (docs/propagation.md §1, §8)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from proxy.tracing.sentry_trace import (
 T = "771a43a4192642f0b136d5159a501700"
 S = "b2c4d5e6f7a8b9c0"
 
-# The grammar of propagation.md §1, written independently of the implementation.
+# The grammar of docs/propagation.md §1, written independently of the implementation.
 SENTRY_TRACE_GRAMMAR = re.compile(r"([0-9a-f]{32})-([0-9a-f]{16})(-[01])?")
 TRACEPARENT_GRAMMAR = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-0[01]")
 
