@@ -62,7 +62,8 @@ _OWS: Final = " \t"
 class ParsedBaggage(NamedTuple):
     """The members of all ``baggage`` headers of one carrier, split by owner.
 
-    ``dsc`` holds the raw DSC members in received order (duplicates kept); ``dsc_values`` maps
+    ``dsc`` holds the raw DSC members in received order, one per key: of a key given more than
+    once, the last member, at the first one's place (as sentry-sdk keeps it); ``dsc_values`` maps
     each DSC key (``sentry-`` prefix included) to its raw, still percent-encoded value, the last
     one winning as in both SDKs; ``third_party`` holds the other members' raw text in order,
     each distinct text once. No member contains a comma.
@@ -132,6 +133,10 @@ def parse_baggage(values: Sequence[str]) -> ParsedBaggage:
                 third_party[member] = None
     if not dsc and not third_party:
         return EMPTY_BAGGAGE
+    if len(dsc) != len(dsc_values):
+        # A key given twice: the SDKs read the DSC into a map, so the last value wins, at the first one's place
+        # (sentry-sdk's dict); forwarding both would let each reader pick its own (docs/propagation.md §5).
+        dsc = list({member_key(member): member for member in dsc}.values())
     return ParsedBaggage(tuple(dsc), dsc_values, tuple(third_party))
 
 

@@ -221,6 +221,28 @@ def test_continued_trace(
         assert transaction.dsc["transaction"] == "GET /orders/:id"
 
 
+def test_duplicate_dsc_keys_go_out_once_as_the_sdk_reads_them(
+    start_proxy: StartProxy, downstream: Downstream, sink: EnvelopeSink, http: requests.Session
+) -> None:
+    """A client baggage that gives `sentry-environment` and `sentry-release` twice, with different values: the
+    proxy forwards one member per key, and the downstream SDK's DSC is exactly the forwarded one, which is what
+    sentry-sdk itself reads from the client's header (the last value of each key)."""
+    from sentry_sdk.tracing_utils import Baggage
+
+    proxy = start_proxy(proxy_sentry())
+    trace_id, parent = new_ids()
+    baggage = client_baggage(trace_id) + ",sentry-environment=second,sentry-release=second%402"
+    hop = send(http, proxy, downstream, {"sentry-trace": f"{trace_id}-{parent}-1", "baggage": baggage})
+
+    keys = [m.partition("=")[0] for m in dsc_members(hop.baggage)]
+    assert len(keys) == len(set(keys)), hop.baggage
+    assert hop.dsc == Baggage.from_incoming_header(baggage).sentry_items, hop.baggage
+    assert hop.dsc["environment"] == "second" and hop.dsc["release"] == "second@2"
+    assert third_party_members(hop.baggage) == ["vendor=acme"]
+    transaction = hop.transaction(sink)  # checks the envelope's DSC equals the forwarded one
+    assert transaction.dsc is not None and transaction.dsc["environment"] == "second"
+
+
 @pytest.mark.parametrize(
     ("sample_rand", "rate", "flag"),
     [("0.250000", 0.5, "1"), ("0.750000", 0.5, "0"), (None, 1.0, "1")],

@@ -73,11 +73,56 @@ def test_empty_value_and_value_only_octets_are_valid() -> None:
     assert parsed.third_party == ("k=@:/[]{}<>?()=",)
 
 
-def test_third_party_deduplicated_dsc_duplicates_kept_last_value_wins() -> None:
-    parsed = parse_baggage(["a=1,sentry-x=1,a=1,b=2,sentry-x=2,a=1 ,a=2"])
+def test_third_party_deduplicated_dsc_key_once_last_value_at_first_place() -> None:
+    parsed = parse_baggage(["a=1,sentry-x=1,a=1,sentry-y=0,b=2,sentry-x=2,a=1 ,a=2"])
     assert parsed.third_party == ("a=1", "b=2", "a=2")
-    assert parsed.dsc == ("sentry-x=1", "sentry-x=2")
-    assert parsed.dsc_values == {"sentry-x": "2"}
+    assert parsed.dsc == ("sentry-x=2", "sentry-y=0")
+    assert parsed.dsc_values == {"sentry-x": "2", "sentry-y": "0"}
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "sentry-trace_id=aaa,sentry-trace_id=bbb",
+        "sentry-trace_id=aaa, sentry-sampled=true ,sentry-trace_id=bbb;p=1",  # the general parser
+        "sentry-sample_rand=0.1,x=1,sentry-sampled=false,sentry-sample_rand=0.9,sentry-sampled=true",
+        "sentry-release=a%401,sentry-release=b%402",
+    ],
+)
+def test_duplicate_dsc_keys_are_read_as_sentry_sdk_reads_them(header: str) -> None:
+    """The oracle: sentry-sdk's own Baggage parser. One member per key goes out, with the value and in the place the
+    SDK keeps in its DSC (the last value, where the key first appeared)."""
+    parsed = parse_baggage([header])
+    assert len({member_key(m) for m in parsed.dsc}) == len(parsed.dsc)
+    assert _as_sdk_reads(parsed.dsc) == _sdk_sentry_items(header)
+
+
+def _as_sdk_reads(dsc: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The (key without `sentry-`, decoded value) pairs of raw DSC members, in order."""
+    pairs = []
+    for member in dsc:
+        value = member.partition("=")[2].strip(" \t").partition(";")[0].strip(" \t")
+        pairs.append((member_key(member)[7:], decode_value(value)))
+    return pairs
+
+
+def _sdk_sentry_items(header: str) -> list[tuple[str, str]]:
+    from sentry_sdk.tracing_utils import Baggage
+
+    items = Baggage.from_incoming_header(header).sentry_items
+    # The SDK keeps properties as part of the value; the W3C grammar does not (they are not the value).
+    return [(key, value.partition(";")[0].strip(" \t")) for key, value in items.items()]
+
+
+sdk_keys = st.sampled_from(["trace_id", "public_key", "sample_rand", "sampled", "release", "org_id", "x"])
+
+
+@given(
+    st.lists(st.one_of(third_party_members, st.builds(lambda k, v: f"sentry-{k}={v}", sdk_keys, values)), max_size=12)
+)
+def test_dsc_agrees_with_sentry_sdk_whatever_the_duplicates(parts: list[str]) -> None:
+    header = ",".join(parts)
+    assert _as_sdk_reads(parse_baggage([header]).dsc) == _sdk_sentry_items(header)
 
 
 def test_nothing_valid() -> None:
@@ -153,7 +198,7 @@ def test_fast_and_general_paths_agree(parts: list[str]) -> None:
 @given(st.lists(third_party_members, max_size=8), st.lists(dsc_members, max_size=8))
 def test_valid_members_all_survive_in_order(third: list[str], dsc: list[str]) -> None:
     parsed = parse_baggage([",".join(third + dsc)])
-    assert parsed.dsc == tuple(dsc)
+    assert parsed.dsc == tuple({member_key(m): m for m in dsc}.values())  # a key given twice: the last, in place
     assert parsed.third_party == tuple(dict.fromkeys(third))
 
 
@@ -162,6 +207,7 @@ def test_valid_members_all_survive_in_order(third: list[str], dsc: list[str]) ->
     st.lists(st.builds(lambda k, v: f"{k}={v}", keys, st.text(OCTETS, max_size=400)), max_size=120),
 )
 def test_serialize_parses_back_within_limits(dsc: list[str], third: list[str]) -> None:
+    dsc = list({member_key(m): m for m in dsc}.values())  # what parsing keeps of duplicate keys
     third = [m for m in dict.fromkeys(third) if not m.startswith("sentry-")]
     written = serialize_baggage(",".join(dsc), third)
     if not dsc and not third:

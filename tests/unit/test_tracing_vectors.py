@@ -118,6 +118,8 @@ def test_vector(case: Mapping[str, Any]) -> None:
 
     assert decision.baggage is not None
     dsc, third_party = _split(decision.baggage)
+    keys = [m.partition("=")[0] for m in dsc]
+    assert len(keys) == len(set(keys)), f"a sentry- key written twice: {dsc}"  # readers would each pick their own
     if "baggage" in expect:
         expected = list(expect["baggage"])
         expected_dsc = [m for m in expected if m.startswith("sentry-")]
@@ -146,7 +148,8 @@ def test_vector(case: Mapping[str, Any]) -> None:
 
 
 def test_vectors_file_is_the_full_set() -> None:
-    """Guard against a truncated copy: the spec ships 37 cases with distinct names."""
+    """Guard against a truncated copy: the spec's 37 cases plus the project's own (duplicate DSC keys), with distinct
+    names."""
     names = [case["name"] for case in CASES]
-    assert len(names) == 37
+    assert len(names) == 39
     assert len(set(names)) == len(names)
