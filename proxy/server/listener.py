@@ -91,23 +91,38 @@ class ForwardServer:
         self._sweeper = self.loop.call_later(self._tick, self._sweep)
 
     def _sweep(self) -> None:
-        """Close client connections idle past idle_timeout and end exchanges that stalled as long."""
-        now = self.now()
-        tick = self._tick
-        self.pool.sweep(now, tick)  # first: it also refreshes the clock the connections stamp activity with
-        limit = now - self._idle_timeout - tick
-        for conn in list(self.connections):
-            if conn.last_active >= limit or conn.tunnel_peer is not None:
-                continue
-            exchange = conn.current
-            if exchange is None:
-                conn.close_if_idle()
-                continue
-            up = exchange.upstream
-            if up is not None and up.last_active >= limit:
-                continue
-            conn.stalled(self._idle_timeout)
-        self._schedule_sweep()
+        """Close client connections idle past idle_timeout and end exchanges that stalled as long; then come back.
+
+        Whatever goes wrong on one connection is logged and ends that connection, never the sweep: the next tick is
+        scheduled whatever happened, or every timeout of the process would stop with it."""
+        try:
+            now = self.now()
+            tick = self._tick
+            try:
+                self.pool.sweep(now, tick)  # first: it also refreshes the clock the connections stamp activity with
+            except Exception:
+                log.exception("sweeping idle origin connections failed")
+            limit = now - self._idle_timeout - tick
+            for conn in list(self.connections):
+                try:
+                    self._sweep_connection(conn, limit)
+                except Exception:
+                    log.exception("idle timeout of a client connection failed: closing it")
+                    conn.transport.abort()
+        finally:
+            self._schedule_sweep()
+
+    def _sweep_connection(self, conn: ClientConnection, limit: float) -> None:
+        if conn.last_active >= limit or conn.tunnel_peer is not None:
+            return
+        exchange = conn.current
+        if exchange is None:
+            conn.close_if_idle()
+            return
+        up = exchange.upstream
+        if up is not None and up.last_active >= limit:
+            return
+        conn.stalled(self._idle_timeout)
 
     async def drain(self, grace: float) -> None:
         """Stop accepting, let requests in flight finish for up to `grace` seconds, then close the rest."""
