@@ -37,6 +37,10 @@ _PIPELINE = 1  # a request waits behind the one in flight
 _UPSTREAM = 2  # the origin's socket buffer is full
 _PENDING = 4  # body bytes wait for an origin connection
 _MAX_PENDING = 1 << 20
+# Requests that may wait behind the one in flight. Reading stops while any wait, but one read can hold thousands of
+# small pipelined requests, each a plan held in memory: past this many, the next one is answered 503 (after those
+# before it) and the connection closes.
+MAX_QUEUED = 100
 _LINGER_SECONDS = 2.0
 
 _ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
@@ -272,6 +276,10 @@ class ClientConnection(asyncio.Protocol):
         if method == b"CONNECT":
             self._begin_connect(url)
             return
+        if self.current is not None and len(self._queue) >= MAX_QUEUED:
+            raise RequestRejected(
+                503, f"more than {MAX_QUEUED} pipelined requests waiting: send the rest once these are answered"
+            )
         upgrade = connection_named and parser.should_upgrade()
         plan = plan_request(method, url, http11, keep_alive, upgrade, headers, self._policy)
         exchange = Exchange(plan, self._now())

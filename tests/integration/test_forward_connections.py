@@ -343,6 +343,24 @@ async def test_many_pipelined_requests(proxy: ProxyProcess, raw_origin: RawOrigi
         request.assert_proxied()
 
 
+async def test_pipelining_is_bounded(proxy: ProxyProcess, raw_origin: RawOrigin) -> None:
+    """150 requests in one write: the one in flight and the 100 that may wait behind it are answered in order, the
+    next gets a 503 saying why, the connection closes, and nothing past the bound reaches the origin."""
+    count = 150
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        writer.write(b"".join(get(raw_origin, f"/many/{i}") for i in range(count)))
+        answered = [await http.read_response(reader) for _ in range(101)]
+        refused = await http.read_response(reader)
+        await http.expect_eof(reader)
+    finally:
+        await http.close_writer(writer)
+    assert [r.body for r in answered] == [b"ok /many/%d" % i for i in range(101)]
+    assert refused.status == 503
+    assert b"pipelined" in refused.body
+    assert [r.target for r in raw_origin.requests] == [b"/many/%d" % i for i in range(101)]
+
+
 @pytest.mark.parametrize(("version", "forwarded"), [(b"1.1", True), (b"1.0", False)])
 async def test_interim_responses(
     proxy: ProxyProcess, raw_origin_factory: RawOriginFactory, version: bytes, forwarded: bool
