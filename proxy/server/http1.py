@@ -279,6 +279,7 @@ def plan_request(
         # An empty path is `/`, except for OPTIONS, which then asks about the server itself (RFC 9112 §3.2.4).
         path = b"*" if method == b"OPTIONS" else b"/"
     propagator = policy.propagator
+    # The URL as the client wrote it, default port or not: what sentry-sdk matches for an absolute URL too.
     matches = propagator.match_all or propagator.matches(target.decode("latin-1"))
     special = policy.special_names if matches else _REQUEST_SPECIAL
     if dropped:

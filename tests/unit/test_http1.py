@@ -651,6 +651,28 @@ def test_non_matching_target_is_untouched() -> None:
         assert plan.decision == Decision(TraceSource.UNTOUCHED, None, None, None, None, None, None, None)
 
 
+@pytest.mark.parametrize(
+    ("pattern", "without_port", "with_port"),
+    [
+        (r"^http://svc\.test/", True, False),
+        (r"^http://svc\.test:80/", False, True),
+        (r"^http://svc\.test(:80)?/", True, True),
+        (r"svc\.test", True, True),
+    ],
+)
+def test_targets_see_the_default_port_only_when_the_client_wrote_it(
+    pattern: str, without_port: bool, with_port: bool
+) -> None:
+    """The URL matched is the one on the request line, as the client (the application) wrote it: sentry-sdk, too,
+    matches an absolute URL it is given as it stands, and adds a port to one it builds only when it is not the
+    default. So `http://svc.test/x` and `http://svc.test:80/x` are the same origin but not the same text."""
+    policy = make_policy(targets=[pattern])
+    for target, expected in ((b"http://svc.test/x", without_port), (b"http://svc.test:80/x", with_port)):
+        plan = request(target, policy=policy)
+        assert plan.origin == ("svc.test", 80)
+        assert (plan.decision.source is TraceSource.NEW) is expected, target
+
+
 def test_targets_match_the_full_url_as_sent() -> None:
     """trace_propagation_targets are searched in the raw absolute-form target, query included."""
     policy = make_policy(targets=[r"^http://svc\.test:8080/api/"])
