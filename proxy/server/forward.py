@@ -53,6 +53,18 @@ def _may_name_connection(headers: list[tuple[bytes, bytes]]) -> bool:
     return any((len(name) == 10 or len(name) == 16) and name.lower().endswith(b"connection") for name, _ in headers)
 
 
+def _upgrade_body_length(body: Framing, headers: list[tuple[bytes, bytes]]) -> int:
+    """The length of an Upgrade request's body: llhttp does not parse it (it hands everything after the head over
+    as the new protocol's bytes), so it is counted by its Content-Length. A chunked one is refused: counting it would
+    mean parsing chunks outside llhttp, which alone decides the framing of what the origin receives."""
+    if body is Framing.CHUNKED:
+        raise RequestRejected(400, "an Upgrade request with a chunked body is not forwarded (send a Content-Length)")
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            return int(value)
+    raise RequestRejected(400, "an Upgrade request body without Content-Length")  # planning found one: not reached
+
+
 class Exchange:
     """One proxied request: its plan, its body on the way, and the record a span is made from later."""
 
@@ -112,6 +124,7 @@ class ClientConnection(asyncio.Protocol):
         self._splice: SpliceTunnel | None = None  # the tunnel is relayed in the kernel (see splice.py)
         self._fd = -1  # the socket's descriptor, once a response body was spliced into it
         self._discarding = False  # an error was answered: input is read and dropped until the close
+        self._upgrade_body_left = 0  # body bytes of an Upgrade request still to come (llhttp leaves them to us)
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------------------
 
@@ -129,6 +142,10 @@ class ClientConnection(asyncio.Protocol):
             if peer is not None:
                 peer.transport.write(data)
             else:
+                if self._upgrade_body_left:
+                    data = self._upgrade_body(data)
+                    if not data:
+                        return
                 self._tunnel_buf.append(data)
                 self._pending_tunnel_bytes += len(data)
                 if self._pending_tunnel_bytes > _MAX_PENDING:
@@ -141,8 +158,12 @@ class ClientConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except HttpParserUpgrade as upgrade:
+            # What follows the request is the new protocol's, once the origin agrees (101), and the next request if
+            # it does not: held until the answer. An Upgrade request's body comes first: llhttp leaves it to us.
             self._input_done = True
             tail = data[upgrade.args[0] :]
+            if self._upgrade_body_left:
+                tail = self._upgrade_body(tail)
             self._tunnel_buf = [tail] if tail else []
             return
         except HttpParserCallbackError as exc:
@@ -282,6 +303,8 @@ class ClientConnection(asyncio.Protocol):
             )
         upgrade = connection_named and parser.should_upgrade()
         plan = plan_request(method, url, http11, keep_alive, upgrade, headers, self._policy)
+        if plan.upgrade and plan.body is not Framing.NONE:
+            self._upgrade_body_left = _upgrade_body_length(plan.body, headers)
         exchange = Exchange(plan, self._now())
         self._reading = exchange
         if self.current is None:
@@ -306,6 +329,9 @@ class ClientConnection(asyncio.Protocol):
         self._reading = None
         if exchange.plan.body is Framing.CHUNKED:
             self._send_body(exchange, b"0\r\n\r\n")
+        if self._upgrade_body_left:
+            self._reading = exchange  # llhttp ends an Upgrade request at its head: the body is counted in _upgrade_body
+            return
         exchange.body_done = True
         if not exchange.plan.keep_alive:
             self._input_done = True
@@ -393,8 +419,10 @@ class ClientConnection(asyncio.Protocol):
             # Answered before the client finished sending its body: what it still sends is read and dropped for a
             # moment, so that a close does not reset the answer away (RFC 9112 §9.6).
             self._linger()
-        elif close_client or self.closing_after_response or exchange.plan.upgrade or self.transport.is_closing():
+        elif close_client or self.closing_after_response or self.transport.is_closing():
             self._close()
+        elif exchange.plan.upgrade:
+            self._upgrade_refused()
         elif self._queue or self._input_done or self._deferred_error is not None:
             self._next()
 
@@ -577,8 +605,43 @@ class ClientConnection(asyncio.Protocol):
         if self._eofs and up.transport.can_write_eof():
             up.transport.write_eof()
 
+    def _upgrade_body(self, data: bytes) -> bytes:
+        """The part of `data` that ends an Upgrade request's Content-Length body goes to the origin as that body;
+        returns what follows it."""
+        left = self._upgrade_body_left
+        body = data[:left] if len(data) > left else data
+        self._upgrade_body_left = left = left - len(body)
+        exchange = self._reading
+        assert exchange is not None
+        self._send_body(exchange, body)
+        if left:
+            return b""
+        self._reading = None
+        exchange.body_done = True
+        return data[len(body) :]
+
+    def _upgrade_refused(self) -> None:
+        """The origin answered an Upgrade request with an ordinary response: the connection stays HTTP, and what the
+        client sent after its request (held, not relayed) is parsed as the next request, strictly as any other."""
+        held = self._tunnel_buf
+        eof = self._eofs
+        self._tunnel_buf = None
+        self._eofs = 0
+        self._parser = HttpRequestParser(self)
+        self._in_head = True
+        self._head_bytes = 0
+        self._input_done = False
+        self._resume(_PENDING)
+        if held:
+            self.data_received(b"".join(held))
+        if eof:
+            self._input_done = True
+            if self.current is None:
+                self._next()
+
     def upgraded(self, exchange: Exchange, up: UpstreamConnection) -> None:
         """The origin accepted an Upgrade: from now on both sides are relayed as bytes."""
+        self._upgrade_body_left = 0  # what is still to come of the body goes to the origin as it is, like the rest
         self._ended(exchange)
         self.current = None
         self.tunnel_peer = up

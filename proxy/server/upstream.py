@@ -447,7 +447,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             head,
             request_is_head=request.method_is_head,
             client_http11=request.http11,
-            client_keep_alive=request.keep_alive and not request.upgrade,
+            client_keep_alive=request.keep_alive,  # a refused Upgrade leaves an ordinary HTTP connection
             # An answer before the request's body ended closes the client connection after it (RFC 9112 §9.6).
             force_close=self.client.closing_after_response or not exchange.body_done,
         )
@@ -494,7 +494,6 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             and not self._garbage
             and exchange.body_done
             and plan.upstream_framing is not Framing.CLOSE
-            and not exchange.plan.upgrade
         ):
             # Back to the state of a new connection, then to the pool.
             if self._reset_parser or self.parser is not self._plain_parser:

@@ -11,7 +11,7 @@ from aiohttp import WSMsgType, web
 
 from tests.helpers import http
 from tests.helpers.data import payload
-from tests.helpers.origin import Origin, RawConn, RawOriginFactory, Recorded
+from tests.helpers.origin import Origin, RawConn, RawOrigin, RawOriginFactory, Recorded
 from tests.helpers.proxy_process import ProxyProcess
 
 pytestmark = pytest.mark.asyncio
@@ -89,8 +89,125 @@ async def test_refused_websocket_upgrade_is_a_normal_response(proxy: ProxyProces
     response = await http.read_response(reader)
     assert response.status == 403
     assert response.body == b"websockets are not allowed here\n"
-    await http.expect_eof(reader)
+    assert response.header(b"connection") is None  # still HTTP, and kept open
+    writer.write(http.get(origin.url("/after-refusal")))
+    following = await http.read_response(reader)
     await http.close_writer(writer)
+    assert following.status == 200
+    assert [r.raw_path for r in origin.requests] == ["/ws-refused", "/ws-refused", "/after-refusal"]
+
+
+UPGRADE_WITH_BODY = (
+    b"POST %b HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 5\r\n\r\nhello"
+)
+
+
+async def test_upgrade_request_body_reaches_the_origin_and_its_answer_the_client(
+    proxy: ProxyProcess, raw_origin_factory: RawOriginFactory
+) -> None:
+    """An Upgrade request with a Content-Length body, to an origin that ignores the upgrade and answers the whole
+    request: the origin gets the body exactly as framed, the client its answer, and the request the client
+    pipelined right behind (sent before the answer came) is parsed and proxied as the next request, on the same
+    connection, not relayed as the new protocol's bytes."""
+    origin = await raw_origin_factory()
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        writer.write(UPGRADE_WITH_BODY % origin.url("/up").encode() + http.get(origin.url("/next")))
+        answer = await http.read_response(reader)
+        following = await http.read_response(reader)
+        writer.write(http.get(origin.url("/third")))
+        third = await http.read_response(reader)
+    finally:
+        await http.close_writer(writer)
+    assert (answer.status, answer.body) == (200, b"ok /up")
+    assert (following.status, following.body) == (200, b"ok /next")
+    assert third.body == b"ok /third"
+    assert [r.target for r in origin.requests] == [b"/up", b"/next", b"/third"]
+    up = origin.requests[0]
+    assert up.body == b"hello"
+    assert up.header(b"content-length") == b"5"
+    assert up.values(b"upgrade") == [b"h2c"]
+    for request in origin.requests:
+        request.assert_proxied()  # parsed and rewritten by the proxy: trace headers added
+    assert origin.framing_errors == []
+
+
+async def test_upgrade_request_body_split_over_reads(proxy: ProxyProcess, raw_origin_factory: RawOriginFactory) -> None:
+    """The same body arriving a byte at a time after the head: all of it, and only it, is the body."""
+    origin = await raw_origin_factory()
+    reader, writer = await http.open_raw(proxy.port)
+    request = UPGRADE_WITH_BODY % origin.url("/slow").encode()
+    try:
+        writer.write(request[:-5])
+        await writer.drain()
+        for byte in b"hello":
+            await origin.wait_for(lambda: bool(origin.conns))
+            writer.write(bytes([byte]))
+            await writer.drain()
+        answer = await http.read_response(reader)
+    finally:
+        await http.close_writer(writer)
+    assert answer.body == b"ok /slow"
+    assert origin.requests[0].body == b"hello"
+
+
+async def test_upgrade_accepted_after_the_body(proxy: ProxyProcess, raw_origin_factory: RawOriginFactory) -> None:
+    """An origin that reads the body, then switches: the body was the request's, what follows is tunnelled."""
+
+    async def switch_after_body(conn: RawConn) -> None:
+        request = await conn.read_request()
+        assert request is not None and request.body == b"hello"
+        await conn.send(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+        while True:
+            await conn.send(b"<" + await conn.read_some() + b">")
+
+    origin = await raw_origin_factory(switch_after_body)
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        writer.write(UPGRADE_WITH_BODY % origin.url("/switch").encode())
+        head = await http.read_head(reader)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        writer.write(b"tunnelled")
+        assert await asyncio.wait_for(reader.readexactly(11), http.TIMEOUT) == b"<tunnelled>"
+    finally:
+        await http.close_writer(writer)
+
+
+async def test_upgrade_request_with_a_chunked_body_is_refused(proxy: ProxyProcess, raw_origin: RawOrigin) -> None:
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        writer.write(
+            b"POST %b HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n\r\n" % raw_origin.url("/chunked-up").encode()
+        )
+        response = await http.read_response(reader)
+        await http.expect_eof(reader)
+    finally:
+        await http.close_writer(writer)
+    assert response.status == 400
+    assert b"Upgrade request with a chunked body" in response.body
+    assert raw_origin.received == b""
+
+
+async def test_bytes_after_a_refused_upgrade_are_never_relayed_as_a_tunnel(
+    proxy: ProxyProcess, raw_origin: RawOrigin
+) -> None:
+    """A client that sent the new protocol's bytes right behind its request, but the origin refused the upgrade:
+    those bytes are parsed as HTTP (here: garbage, 400) and none of them reaches the origin."""
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        writer.write(
+            b"GET %b HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: echo/1\r\n\r\n\x00\x01 new protocol"
+            % raw_origin.url("/refuse").encode()
+        )
+        answer = await http.read_response(reader)
+        refused = await http.read_response(reader)
+        await http.expect_eof(reader)
+    finally:
+        await http.close_writer(writer)
+    assert answer.body == b"ok /refuse"
+    assert refused.status == 400
+    assert raw_origin.received == raw_origin.requests[0].head
 
 
 async def test_raw_upgrade_relays_bytes_both_ways(proxy: ProxyProcess, raw_origin_factory: RawOriginFactory) -> None:
