@@ -134,89 +134,99 @@ class ClientConnection(asyncio.Protocol):
         self._server.connection_opened(self)
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = self._pool.coarse_now
-        if self._discarding:
-            return
-        if self._tunnel_buf is not None:
-            peer = self.tunnel_peer
-            if peer is not None:
-                peer.transport.write(data)
-            else:
-                if self._upgrade_body_left:
-                    data = self._upgrade_body(data)
-                    if not data:
-                        return
-                self._tunnel_buf.append(data)
-                self._pending_tunnel_bytes += len(data)
-                if self._pending_tunnel_bytes > _MAX_PENDING:
-                    self._pause(_PENDING)
-            return
-        if self._input_done:
-            return
-        if self._in_head:
-            self._head_bytes += len(data)
         try:
-            self._parser.feed_data(data)
-        except HttpParserUpgrade as upgrade:
-            # What follows the request is the new protocol's, once the origin agrees (101), and the next request if
-            # it does not: held until the answer. An Upgrade request's body comes first: llhttp leaves it to us.
-            self._input_done = True
-            tail = data[upgrade.args[0] :]
-            if self._upgrade_body_left:
-                tail = self._upgrade_body(tail)
-            self._tunnel_buf = [tail] if tail else []
-            return
-        except HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, RequestRejected):
-                self._reject(cause.status, cause.message, cause.proxy_error)
-            else:
-                log.error("request handling failed", exc_info=cause)
-                self._reject(500, "trace-proxy failed to handle the request", "proxy_internal_error")
-            return
-        except HttpParserError as exc:
-            self._reject(400, f"malformed request: {exc}", "http_request_error")
-            return
-        if self._in_head and self._head_bytes > MAX_HEAD_BYTES:
-            self._reject(431, f"request head larger than {MAX_HEAD_BYTES // 1024} KiB", "http_request_error")
+            self.last_active = self._pool.coarse_now
+            if self._discarding:
+                return
+            if self._tunnel_buf is not None:
+                peer = self.tunnel_peer
+                if peer is not None:
+                    peer.transport.write(data)
+                else:
+                    if self._upgrade_body_left:
+                        data = self._upgrade_body(data)
+                        if not data:
+                            return
+                    self._tunnel_buf.append(data)
+                    self._pending_tunnel_bytes += len(data)
+                    if self._pending_tunnel_bytes > _MAX_PENDING:
+                        self._pause(_PENDING)
+                return
+            if self._input_done:
+                return
+            if self._in_head:
+                self._head_bytes += len(data)
+            try:
+                self._parser.feed_data(data)
+            except HttpParserUpgrade as upgrade:
+                # What follows the request is the new protocol's, once the origin agrees (101), and the next request if
+                # it does not: held until the answer. An Upgrade request's body comes first: llhttp leaves it to us.
+                self._input_done = True
+                tail = data[upgrade.args[0] :]
+                if self._upgrade_body_left:
+                    tail = self._upgrade_body(tail)
+                self._tunnel_buf = [tail] if tail else []
+                return
+            except HttpParserCallbackError as exc:
+                cause = exc.__context__
+                if isinstance(cause, RequestRejected):
+                    self._reject(cause.status, cause.message, cause.proxy_error)
+                else:
+                    log.error("internal error while handling the request", exc_info=cause)
+                    self._reject(500, "trace-proxy failed while handling the request", "proxy_internal_error")
+                return
+            except HttpParserError as exc:
+                self._reject(400, f"malformed request: {exc}", "http_request_error")
+                return
+            if self._in_head and self._head_bytes > MAX_HEAD_BYTES:
+                self._reject(431, f"request head larger than {MAX_HEAD_BYTES // 1024} KiB", "http_request_error")
+        except Exception as exc:
+            self.internal_error(exc, "reading from the client")
 
     def eof_received(self) -> bool | None:
-        if self._discarding:
-            return None  # the lingering close is over
-        if self.tunnel_peer is not None:
-            self._eofs += 1
-            if self.tunnel_peer.transport.can_write_eof():
-                self.tunnel_peer.transport.write_eof()
-            if self._eofs >= 2:
-                self.transport.close()
-                return None
-            return True
-        if self._tunnel_buf is not None:
-            self._eofs += 1  # passed on once the tunnel or upgrade is established
-            return True
-        # A client that half-closes after its request still gets the response.
-        self._input_done = True
-        return None if self.current is None else True
+        try:
+            if self._discarding:
+                return None  # the lingering close is over
+            if self.tunnel_peer is not None:
+                self._eofs += 1
+                if self.tunnel_peer.transport.can_write_eof():
+                    self.tunnel_peer.transport.write_eof()
+                if self._eofs >= 2:
+                    self.transport.close()
+                    return None
+                return True
+            if self._tunnel_buf is not None:
+                self._eofs += 1  # passed on once the tunnel or upgrade is established
+                return True
+            # A client that half-closes after its request still gets the response.
+            self._input_done = True
+            return None if self.current is None else True
+        except Exception as exc:
+            self.internal_error(exc, "handling the client's end of input")
+            return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._server.connection_closed(self)
-        self._input_done = True
-        if self._splice is not None:
-            self._splice.close()
-        peer = self.tunnel_peer
-        if peer is not None:
-            self.tunnel_peer = None
-            peer.client = None
-            peer.transport.close()
-        exchange = self.current
-        self.current = None
-        self._queue.clear()
-        if exchange is not None:
-            up = exchange.upstream
-            if up is not None and up.client is self:
-                up.client = None
-                up.exchange = None
-                up.transport.close()
+        try:
+            self._server.connection_closed(self)
+            self._input_done = True
+            if self._splice is not None:
+                self._splice.close()
+            peer = self.tunnel_peer
+            if peer is not None:
+                self.tunnel_peer = None
+                peer.client = None
+                peer.transport.close()
+            exchange = self.current
+            self.current = None
+            self._queue.clear()
+            if exchange is not None:
+                up = exchange.upstream
+                if up is not None and up.client is self:
+                    up.client = None
+                    up.exchange = None
+                    up.transport.close()
+        except Exception:
+            log.exception("cleaning up a closed client connection failed")
 
     def pause_writing(self) -> None:
         up = self.tunnel_peer or (self.current.upstream if self.current is not None else None)
@@ -365,7 +375,7 @@ class ClientConnection(asyncio.Protocol):
             return
         up = self._pool.acquire(key)
         if up is None:
-            self._server.spawn(self._connect(exchange))
+            self._server.spawn(self._connect(exchange), self, "connecting to the origin")
         else:
             self._attach(exchange, up)
 
@@ -466,7 +476,7 @@ class ClientConnection(asyncio.Protocol):
             # may be repeated is sent once more (RFC 9110 §9.2.2; nginx's default too).
             exchange.retried = True
             exchange.upstream = None
-            self._server.spawn(self._connect(exchange))
+            self._server.spawn(self._connect(exchange), self, "connecting to the origin")
             return
         self._fail(
             exchange,
@@ -512,6 +522,44 @@ class ClientConnection(asyncio.Protocol):
                 return
         self.transport.write(body)
         self._linger()
+
+    def internal_error(self, exc: BaseException, stage: str) -> None:
+        """An exception nothing expected, on this connection's path (`stage`: what was being done): one log line
+        with its traceback, and the client is not left waiting. With no response to it begun, it gets a 500 whose
+        `Proxy-Status` names an internal error; with one begun (a response head, a tunnel's 200 or 101), the
+        connection is cut, so that a partial answer never looks whole. What it had on the origin side is dropped;
+        no other connection is touched."""
+        log.error("internal error while %s: the client connection is ended", stage, exc_info=exc)
+        try:
+            begun = self.tunnel_peer is not None or self._splice is not None
+            exchange = self.current
+            self.current = None
+            self._queue.clear()
+            if exchange is not None:
+                up = exchange.upstream
+                if up is not None:
+                    begun = begun or up.response_started
+                    if up.client is self:
+                        self._drop_upstream(up)
+                if not begun:
+                    exchange.status = 500
+                self._ended(exchange)
+            peer = self.tunnel_peer
+            if peer is not None:
+                self.tunnel_peer = None
+                peer.client = None
+                peer.transport.abort()
+            if self._splice is not None:
+                self._splice.close()
+            if begun or self.transport.is_closing():
+                self.transport.abort()
+                return
+            self._stats.rejected(500)
+            self.transport.write(error_response(500, f"trace-proxy failed while {stage}", "proxy_internal_error"))
+            self._linger()
+        except Exception:
+            log.exception("ending a connection after an internal error failed: aborting it")
+            self.transport.abort()
 
     def _linger(self) -> None:
         """Close after an error answer without resetting it away: a client still sending (an upload the proxy will
@@ -570,7 +618,7 @@ class ClientConnection(asyncio.Protocol):
                 508, f"CONNECT to {host}:{port} would loop back into trace-proxy", "proxy_loop_detected"
             )
         self._server.stats.tunnel_opened()
-        self._server.spawn(self._connect_tunnel(host, port))
+        self._server.spawn(self._connect_tunnel(host, port), self, "opening a tunnel")
 
     async def _connect_tunnel(self, host: str, port: int) -> None:
         try:

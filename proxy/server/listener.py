@@ -72,10 +72,18 @@ class ForwardServer:
     def port(self) -> int:
         return self._port
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None], conn: ClientConnection, stage: str) -> None:
+        """Run `coro` for `conn`; should it raise, `conn` answers its client (`stage` says what was being done)
+        instead of waiting forever on a task that died."""
         task = self.loop.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                conn.internal_error(exc, stage)
+
+        task.add_done_callback(done)
 
     def connection_opened(self, conn: ClientConnection) -> None:
         self.connections.add(conn)

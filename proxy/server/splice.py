@@ -26,8 +26,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import sys
+
+log = logging.getLogger(__name__)
 
 # Each direction's pipe holds this much in flight (the kernel's default is 64 KiB; a bigger pipe means fewer system
 # calls per byte). Pipe memory is only used while bytes are in it; a refused size keeps the default.
@@ -131,6 +134,13 @@ class SpliceTunnel:
     # -- relaying -------------------------------------------------------------------------------------------------
 
     def _readable(self, way: _Direction) -> None:
+        try:
+            self._read(way)
+        except Exception:
+            log.exception("internal error relaying a spliced tunnel: both ends are cut")
+            self._end(abort=True)
+
+    def _read(self, way: _Direction) -> None:
         if self._closed:
             return
         try:
@@ -149,8 +159,12 @@ class SpliceTunnel:
         self._flush(way)
 
     def _writable(self, way: _Direction) -> None:
-        if not self._closed:
-            self._flush(way)
+        try:
+            if not self._closed:
+                self._flush(way)
+        except Exception:
+            log.exception("internal error relaying a spliced tunnel: both ends are cut")
+            self._end(abort=True)
 
     def _flush(self, way: _Direction) -> None:
         while way.pending:

@@ -216,13 +216,16 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         return buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._received(self._read_into[:nbytes].tobytes())
-        held = self._held
-        if held is not None:
-            self._held = None
-            client = self.client
-            assert client is not None
-            self._splice_body(client, held)
+        try:
+            self._received(self._read_into[:nbytes].tobytes())
+            held = self._held
+            if held is not None:
+                self._held = None
+                client = self.client
+                assert client is not None
+                self._splice_body(client, held)
+        except Exception as exc:
+            self._internal_error(exc, "relaying a response")
 
     def _received(self, data: bytes) -> None:
         client = self.client
@@ -365,12 +368,15 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.transport.close()
 
     def eof_received(self) -> bool | None:
-        if self.tunnel:
-            if self.client is not None:
-                self.client.peer_eof()
-            else:
-                self.tunnel_eof = True  # passed on by start_tunnel
-            return True
+        try:
+            if self.tunnel:
+                if self.client is not None:
+                    self.client.peer_eof()
+                else:
+                    self.tunnel_eof = True  # passed on by start_tunnel
+                return True
+        except Exception as exc:
+            self._internal_error(exc, "relaying a tunnel")
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -380,18 +386,33 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.client = None
         if client is None:
             return
-        if self.tunnel:
-            client.tunnel_peer_lost()
-            return
-        exchange = self.exchange
-        if exchange is None:
-            return
-        if self._plan is not None and self._plan.upstream_framing is Framing.CLOSE and not self.complete:
-            # A read-until-close body ends here, complete.
-            self.complete = True
-            client.response_complete(exchange, True)
-            return
-        client.upstream_lost(exchange, self)
+        try:
+            if self.tunnel:
+                client.tunnel_peer_lost()
+                return
+            exchange = self.exchange
+            if exchange is None:
+                return
+            if self._plan is not None and self._plan.upstream_framing is Framing.CLOSE and not self.complete:
+                # A read-until-close body ends here, complete.
+                self.complete = True
+                client.response_complete(exchange, True)
+                return
+            client.upstream_lost(exchange, self)
+        except Exception as error:
+            client.internal_error(error, "handling the origin's close")
+
+    def _internal_error(self, exc: Exception, stage: str) -> None:
+        """An exception nothing expected while serving the client: the client's connection answers for it (see
+        ClientConnection.internal_error), and this connection, in an unknown state, is dropped."""
+        client = self.client
+        self.client = None
+        self.exchange = None
+        self.transport.abort()
+        if client is not None:
+            client.internal_error(exc, stage)
+        else:
+            log.error("internal error on an idle origin connection: dropped", exc_info=exc)
 
     def pause_writing(self) -> None:
         if self.client is not None:
@@ -489,12 +510,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         assert exchange is not None and plan is not None
         self.client = None
         self.exchange = None
-        if (
-            self._keep_alive
-            and not self._garbage
-            and exchange.body_done
-            and plan.upstream_framing is not Framing.CLOSE
-        ):
+        if self._keep_alive and not self._garbage and exchange.body_done and plan.upstream_framing is not Framing.CLOSE:
             # Back to the state of a new connection, then to the pool.
             if self._reset_parser or self.parser is not self._plain_parser:
                 self.parser = self._plain_parser = HttpResponseParser(self)

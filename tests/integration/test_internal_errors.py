@@ -115,3 +115,218 @@ def test_sweeper_survives_a_failing_connection(errors: Callable[[], list[logging
 
     run(scenario, idle_timeout=0.4)
     assert errors() and all("idle timeout" in r.getMessage() for r in errors())
+
+
+skip_compiled = pytest.mark.skipif(COMPILED, reason="functions of compiled modules cannot be replaced")
+
+
+def injected_once(errors: Callable[[], list[logging.LogRecord]]) -> None:
+    """Exactly one log line, with the injected exception's traceback."""
+    found = errors()
+    assert len(found) == 1, [r.getMessage() for r in found]
+    assert found[0].exc_info is not None and isinstance(found[0].exc_info[1], Injected)
+
+
+def assert_internal_error(response: http.RawResponse, stage: str) -> None:
+    assert response.status == 500, response
+    assert (response.header(b"proxy-status") or b"").startswith(b"trace-proxy; error=proxy_internal_error")
+    assert stage.encode() in response.body
+
+
+@skip_compiled
+def test_planning(monkeypatch: pytest.MonkeyPatch, errors: Callable[[], list[logging.LogRecord]]) -> None:
+    real = proxy.server.forward.plan_request
+
+    def plan_request(method: bytes, target: bytes, *args: Any) -> Any:
+        if b"/fault" in target:
+            raise Injected("planning failed")
+        return real(method, target, *args)
+
+    monkeypatch.setattr(proxy.server.forward, "plan_request", plan_request)
+
+    async def scenario(server: ForwardServer, origin: RawOrigin) -> None:
+        response = await http.exchange(server.port, http.get(origin.url("/fault")))
+        assert_internal_error(response, "handling the request")
+        await assert_still_serving(server, origin)
+
+    run(scenario)
+    injected_once(errors)
+
+
+@skip_compiled
+def test_connecting(monkeypatch: pytest.MonkeyPatch, errors: Callable[[], list[logging.LogRecord]]) -> None:
+    from proxy.server.upstream import UpstreamPool
+
+    real = UpstreamPool.connect
+    calls = 0
+
+    async def connect(self: UpstreamPool, host: str, port: int, tunnel: bool = False) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise Injected("connect failed")
+        return await real(self, host, port, tunnel)
+
+    monkeypatch.setattr(UpstreamPool, "connect", connect)
+
+    async def scenario(server: ForwardServer, origin: RawOrigin) -> None:
+        response = await http.exchange(server.port, http.get(origin.url("/first")))
+        assert_internal_error(response, "connecting to the origin")
+        await assert_still_serving(server, origin)
+
+    run(scenario)
+    injected_once(errors)
+
+
+@skip_compiled
+def test_relaying_a_request_body(
+    monkeypatch: pytest.MonkeyPatch, errors: Callable[[], list[logging.LogRecord]]
+) -> None:
+    from proxy.server.forward import ClientConnection
+
+    real = ClientConnection._send_body
+
+    def send_body(self: ClientConnection, exchange: Any, data: bytes) -> None:
+        if b"FAULT" in data:
+            raise Injected("request body relay failed")
+        real(self, exchange, data)
+
+    monkeypatch.setattr(ClientConnection, "_send_body", send_body)
+
+    async def scenario(server: ForwardServer, origin: RawOrigin) -> None:
+        data = b"POST %b HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nFAULT" % origin.url("/upload").encode()
+        response = await http.exchange(server.port, data)
+        assert_internal_error(response, "handling the request")  # in llhttp's body callback
+        await assert_still_serving(server, origin)
+
+    run(scenario)
+    injected_once(errors)
+
+
+@skip_compiled
+@pytest.mark.parametrize("splice_bodies", [True, False], ids=["splice", "copy"])
+def test_relaying_a_response_body(
+    monkeypatch: pytest.MonkeyPatch, errors: Callable[[], list[logging.LogRecord]], splice_bodies: bool
+) -> None:
+    """The fault strikes after the response head went out: the client's response is cut, never completed."""
+    from proxy.server.upstream import UpstreamConnection
+
+    real = UpstreamConnection._received
+
+    def received(self: UpstreamConnection, data: bytes) -> None:
+        if b"FAULT" in data:
+            raise Injected("response relay failed")
+        real(self, data)
+
+    monkeypatch.setattr(UpstreamConnection, "_received", received)
+    head_seen = asyncio.Event()
+
+    async def two_parts(conn: RawConn) -> None:
+        while (request := await conn.read_request()) is not None:
+            if request.target != b"/fault":
+                await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nok /after")
+                continue
+            await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst part ")
+            await head_seen.wait()
+            await conn.send(b"FAULT" + b"x" * 84)
+
+    async def scenario(server: ForwardServer, origin: RawOrigin) -> None:
+        reader, writer = await http.open_raw(server.port)
+        try:
+            writer.write(http.get(origin.url("/fault")))
+            head = await http.read_head(reader)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            head_seen.set()
+            rest = b""
+            try:
+                while chunk := await asyncio.wait_for(reader.read(65536), http.TIMEOUT):
+                    rest += chunk
+            except ConnectionResetError:
+                pass
+        finally:
+            await http.close_writer(writer)
+        assert len(rest) < 100 and b"FAULT" not in rest
+        await assert_still_serving(server, origin)
+
+    run(scenario, two_parts, splice_bodies=splice_bodies)
+    injected_once(errors)
+
+
+async def echo(conn: RawConn) -> None:
+    while True:
+        await conn.send(await conn.read_some())
+
+
+async def assert_tunnels_still_work(server: ForwardServer, origin: RawOrigin) -> None:
+    reader, writer = await http.open_raw(server.port)
+    try:
+        writer.write(b"CONNECT %b HTTP/1.1\r\nHost: %b\r\n\r\n" % (origin.authority, origin.authority))
+        assert (await http.read_head(reader)).startswith(b"HTTP/1.1 200 ")
+        writer.write(b"again")
+        assert await asyncio.wait_for(reader.readexactly(5), http.TIMEOUT) == b"again"
+    finally:
+        await http.close_writer(writer)
+
+
+@skip_compiled
+def test_opening_a_tunnel(monkeypatch: pytest.MonkeyPatch, errors: Callable[[], list[logging.LogRecord]]) -> None:
+    from proxy.server.upstream import UpstreamConnection
+
+    def start_tunnel(self: UpstreamConnection, client: Any) -> None:
+        raise Injected("tunnel start failed")
+
+    monkeypatch.setattr(UpstreamConnection, "start_tunnel", start_tunnel)
+
+    async def scenario(server: ForwardServer, origin: RawOrigin) -> None:
+        reader, writer = await http.open_raw(server.port)
+        try:
+            writer.write(b"CONNECT %b HTTP/1.1\r\nHost: %b\r\n\r\n" % (origin.authority, origin.authority))
+            head = await http.read_head(reader)
+            assert head.startswith(b"HTTP/1.1 200 ")  # already out when the fault struck: the tunnel is cut
+            with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
+                await asyncio.wait_for(reader.readexactly(1), http.TIMEOUT)
+        finally:
+            await http.close_writer(writer)
+        monkeypatch.undo()
+        await assert_tunnels_still_work(server, origin)
+
+    run(scenario, echo)
+    injected_once(errors)
+
+
+@skip_compiled
+def test_relaying_a_spliced_tunnel(
+    monkeypatch: pytest.MonkeyPatch, errors: Callable[[], list[logging.LogRecord]]
+) -> None:
+    from proxy.server import splice
+
+    if not splice.AVAILABLE:
+        pytest.skip("splice(2) is Linux only")
+    real = splice.SpliceTunnel._read
+    reads = 0
+
+    def read(self: splice.SpliceTunnel, way: Any) -> None:
+        nonlocal reads
+        reads += 1
+        if reads == 3:  # the client's second message (after the ping's two ways)
+            raise Injected("tunnel relay failed")
+        real(self, way)
+
+    monkeypatch.setattr(splice.SpliceTunnel, "_read", read)
+
+    async def scenario(server: ForwardServer, origin: RawOrigin) -> None:
+        reader, writer = await http.open_raw(server.port)
+        try:
+            writer.write(b"CONNECT %b HTTP/1.1\r\nHost: %b\r\n\r\n" % (origin.authority, origin.authority))
+            assert (await http.read_head(reader)).startswith(b"HTTP/1.1 200 ")
+            writer.write(b"ping")
+            assert await asyncio.wait_for(reader.readexactly(4), http.TIMEOUT) == b"ping"  # reads 1 and 2...
+            writer.write(b"pong")
+            with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
+                await asyncio.wait_for(reader.readexactly(1), http.TIMEOUT)
+        finally:
+            await http.close_writer(writer)
+        await assert_tunnels_still_work(server, origin)
+
+    run(scenario, echo, splice_tunnels=True)
+    injected_once(errors)
