@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
+import resource
 import signal
 from collections.abc import Mapping
 
 import uvloop
 
-from proxy.config import Settings
+from proxy.config import Address, Settings
 from proxy.server.admin import start_admin
+from proxy.server.admission import LOOPBACK, Network
 from proxy.server.http1 import RequestPolicy
 from proxy.server.listener import ForwardServer
 from proxy.tracing import Propagator, SystemIdSource
@@ -62,6 +65,9 @@ def _forward_server(settings: Settings, loop: asyncio.AbstractEventLoop, reuse_p
         reuse_port=reuse_port,
         splice_tunnels=fwd.splice_tunnels,
         splice_bodies=fwd.splice_bodies,
+        allow_clients=fwd.allow_clients,
+        header_timeout=fwd.header_timeout,
+        max_connections=fwd.max_connections,
     )
 
 
@@ -103,8 +109,59 @@ async def _serve(settings: Settings, *, reuse_port: bool, with_admin: bool) -> i
     return 0
 
 
+# Descriptors a process needs besides two per client connection: the pool's idle origin connections above that,
+# listeners, pipes, the admin port, log files.
+_SPARE_DESCRIPTORS = 256
+
+
+def loopback_only_warning(listen: Address, allow_clients: tuple[Network, ...]) -> str | None:
+    """The start-up line for a listener others can reach while only loopback clients are allowed (the default): the
+    operator who set `listen = "0.0.0.0:3128"` for clients in other containers must also say who they are."""
+    if allow_clients != LOOPBACK:
+        return None
+    host = listen.host
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        if host == "localhost":
+            return None
+    return (
+        f"forward.listen is {listen}, but forward.allow_clients is the default: only loopback clients will be served "
+        "(others get 403); list the clients' networks in forward.allow_clients"
+    )
+
+
+def raise_descriptor_limit(max_connections: int) -> None:
+    """Raise this process's descriptor limit towards what `max_connections` needs (two per client connection),
+    as far as the hard limit allows, and say so when it cannot: past the limit, accepting connections fails."""
+    needed = 2 * max_connections + _SPARE_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError) as exc:
+            log.debug("cannot raise the descriptor limit to %d: %s", target, exc)
+    if soft < needed:
+        log.warning(
+            "the descriptor limit is %d, below the %d that forward.max_connections = %d needs: raise the hard limit "
+            "(ulimit -Hn; docker run --ulimit nofile=...) or lower forward.max_connections",
+            soft,
+            needed,
+            max_connections,
+        )
+
+
 def run(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; the exit status is 0 after a clean drain."""
+    warning = loopback_only_warning(settings.forward.listen, settings.forward.allow_clients)
+    if warning is not None:
+        log.warning("%s", warning)
+    raise_descriptor_limit(settings.forward.max_connections)
     if settings.forward.workers > 1:
         return _run_workers(settings)
     return uvloop.run(_serve(settings, reuse_port=False, with_admin=True))

@@ -51,6 +51,8 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
+from proxy.server.admission import LOOPBACK
+
 __all__ = [
     "Address",
     "AdminSettings",
@@ -140,6 +142,18 @@ def _optional_address(value: Any) -> Address | None:
     return None if value == "" or value is None else _address(value)
 
 
+def _network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A CIDR (``10.0.0.0/8``, ``fd00::/8``) or a single address (``10.1.2.3``, a /32 or /128)."""
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f'expected a string such as "10.0.0.0/8", got {value!r}')
+    try:
+        return ipaddress.ip_network(value.strip())
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a network: {exc} (a CIDR such as 10.0.0.0/8, or an address)") from None
+
+
 def _compiles(pattern: str) -> str:
     try:
         re.compile(pattern)
@@ -153,6 +167,7 @@ _Listen = Annotated[Address, PlainValidator(_address), NoDecode]
 _OptionalListen = Annotated[Address | None, PlainValidator(_optional_address), NoDecode]
 _Port = Annotated[int, Field(ge=1, le=65535)]
 _Regex = Annotated[str, AfterValidator(_compiles)]
+_Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, PlainValidator(_network)]
 
 
 class ForwardSettings(BaseModel):
@@ -168,6 +183,10 @@ class ForwardSettings(BaseModel):
     workers: int = Field(default=1, ge=1, le=64)
     splice_tunnels: bool = True  # relay CONNECT tunnels with splice(2) where the OS has it (Linux)
     splice_bodies: bool = True  # relay large Content-Length response bodies with splice(2) (Linux)
+    # Who may use the proxy: an open forward proxy is a relay into the service's network. Default: loopback only.
+    allow_clients: tuple[_Network, ...] = LOOPBACK
+    header_timeout: float = Field(default=10.0, gt=0, allow_inf_nan=False)  # to send a whole request head, else 408
+    max_connections: int = Field(default=10000, ge=1, le=1_000_000)  # client connections at once, per worker
 
 
 class SentrySettings(BaseModel):

@@ -116,6 +116,7 @@ class ClientConnection(asyncio.Protocol):
         self._deferred_error: bytes | None = None
         self.closing_after_response = False
         self.last_active = 0.0
+        self.head_since = 0.0  # when the request head under way began (0: none): forward.header_timeout
         # tunnel state (CONNECT, accepted Upgrade)
         self._tunnel_buf: list[bytes] | None = None
         self.tunnel_peer: UpstreamConnection | None = None
@@ -130,7 +131,9 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.last_active = self._pool.coarse_now
+        # The first request head is due from the connection's start: a client that connects and sends nothing
+        # holds a descriptor as surely as one that dribbles.
+        self.last_active = self.head_since = self._pool.coarse_now
         self._server.connection_opened(self)
 
     def data_received(self, data: bytes) -> None:
@@ -155,6 +158,8 @@ class ClientConnection(asyncio.Protocol):
             if self._input_done:
                 return
             if self._in_head:
+                if not self.head_since:
+                    self.head_since = self.last_active
                 self._head_bytes += len(data)
             try:
                 self._parser.feed_data(data)
@@ -278,6 +283,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self.head_since = 0.0
         parser = self._parser
         url = self._url
         headers = self._headers
@@ -560,6 +566,19 @@ class ClientConnection(asyncio.Protocol):
         except Exception:
             log.exception("ending a connection after an internal error failed: aborting it")
             self.transport.abort()
+
+    def refuse(self, status: int, message: str, proxy_error: str) -> None:
+        """Answer a connection the proxy will not serve at all (its client is not allowed), before it sent a byte."""
+        self._server.stats.rejected(status)
+        self.transport.write(error_response(status, message, proxy_error))
+        self._linger()
+
+    def head_timed_out(self, timeout: float) -> None:
+        """The request head under way did not arrive whole within forward.header_timeout."""
+        self.head_since = 0.0
+        self._reject(
+            408, f"request head not complete within {timeout:g}s (forward.header_timeout)", "http_request_error"
+        )
 
     def _linger(self) -> None:
         """Close after an error answer without resetting it away: a client still sending (an upload the proxy will

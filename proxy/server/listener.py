@@ -8,14 +8,17 @@ import socket
 from collections.abc import Coroutine
 from typing import Any
 
+from proxy.server.admission import LOOPBACK, ClientAllowList, Network
 from proxy.server.forward import ClientConnection
 from proxy.server.http1 import RequestPolicy
+from proxy.server.log_limit import RateLimitedLog
 from proxy.server.upstream import Key, UpstreamPool
 from proxy.stats import Stats
 
 log = logging.getLogger(__name__)
 
 _LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"})
+_REFUSAL_LOG_SECONDS = 10.0  # at most one line this often about refused or surplus connections
 
 
 class ForwardServer:
@@ -33,6 +36,9 @@ class ForwardServer:
         reuse_port: bool = False,
         splice_tunnels: bool = True,
         splice_bodies: bool = True,
+        allow_clients: tuple[Network, ...] = LOOPBACK,
+        header_timeout: float = 10.0,
+        max_connections: int = 10000,
     ) -> None:
         self.loop = loop
         self.policy = policy
@@ -43,7 +49,12 @@ class ForwardServer:
         self._host = host
         self._port = port
         self._idle_timeout = idle_timeout
-        self._tick = min(1.0, idle_timeout / 4)
+        self._header_timeout = header_timeout
+        self._tick = min(1.0, idle_timeout / 4, header_timeout / 4)
+        self.allow = ClientAllowList(allow_clients)
+        self.max_connections = max_connections
+        self._refused_log = RateLimitedLog(log, _REFUSAL_LOG_SECONDS, loop.time)
+        self._surplus_log = RateLimitedLog(log, _REFUSAL_LOG_SECONDS, loop.time)
         self._reuse_port = reuse_port
         self.splice_tunnels = splice_tunnels
         self._server: asyncio.Server | None = None
@@ -86,7 +97,21 @@ class ForwardServer:
         task.add_done_callback(done)
 
     def connection_opened(self, conn: ClientConnection) -> None:
+        """Admit a new client connection: past max_connections it is closed at once, from an address outside
+        allow_clients it gets a 403; both are logged, at most one line per kind every few seconds."""
+        if len(self.connections) >= self.max_connections:
+            self._surplus_log.warning(
+                "forward.max_connections (%d) reached: new client connections are closed at once", self.max_connections
+            )
+            conn.transport.abort()
+            return
         self.connections.add(conn)
+        peer = conn.transport.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else "an unknown address"
+        if not self.allow.allows(host):
+            self._refused_log.warning("refused a client from %s: not in forward.allow_clients", host)
+            conn.refuse(403, f"client {host} may not use this proxy (forward.allow_clients)", "http_request_denied")
+            return
         if self.draining:
             conn.closing_after_response = True
 
@@ -111,16 +136,21 @@ class ForwardServer:
             except Exception:
                 log.exception("sweeping idle origin connections failed")
             limit = now - self._idle_timeout - tick
+            head_limit = now - self._header_timeout - tick
             for conn in list(self.connections):
                 try:
-                    self._sweep_connection(conn, limit)
+                    self._sweep_connection(conn, limit, head_limit)
                 except Exception:
                     log.exception("idle timeout of a client connection failed: closing it")
                     conn.transport.abort()
         finally:
             self._schedule_sweep()
 
-    def _sweep_connection(self, conn: ClientConnection, limit: float) -> None:
+    def _sweep_connection(self, conn: ClientConnection, limit: float, head_limit: float) -> None:
+        since = conn.head_since
+        if since and since < head_limit and conn.current is None:
+            conn.head_timed_out(self._header_timeout)
+            return
         if conn.last_active >= limit or conn.tunnel_peer is not None:
             return
         exchange = conn.current

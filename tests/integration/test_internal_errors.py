@@ -85,6 +85,7 @@ class FaultyConnection:
 
     def __init__(self) -> None:
         self.last_active = 0.0
+        self.head_since = 0.0
         self.tunnel_peer = None
         self.current = None
         self.calls = 0
