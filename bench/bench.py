@@ -18,10 +18,11 @@ rig:
   reported is the median over the rounds. CPU time is utime+stime of the proxy's whole process tree
   (``/proc/PID/stat``), read just before and after the measured window, divided by the requests wrk completed.
 
-Prints one table (absolute figures, then trace-proxy's ratios to direct, nginx-fwd and squid) and the PASS/FAIL
-lines of the performance targets, and writes everything, every raw round included, to ``bench/results/latest.json``
-(and a dated copy). The exit status says whether every measurement ran (0) or not (1), never whether the targets
-were met: ``--quick`` is CI's smoke run.
+Prints one table (absolute figures, then trace-proxy's ratios to direct, nginx-fwd and squid, and to the baseline
+in an A/B run, which also gets a summary of the per-round ratios) and the PASS/FAIL lines of the performance
+targets, and writes everything, every raw round included, to ``bench/results/latest.json`` (and a dated copy). The
+exit status says whether every measurement ran (0) or not (1), never whether the targets were met: ``--quick`` is
+CI's smoke run.
 """
 
 from __future__ import annotations
