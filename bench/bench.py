@@ -11,15 +11,18 @@ rig:
   full DSC); ``nginx-fwd``, a second nginx with one fixed keep-alive upstream that adds a per-request
   ``sentry-trace`` (the C ceiling, not a general forward proxy); ``squid`` (no cache, ``request_header_add``);
   ``tinyproxy`` (``AddHeader``); and trace-proxy with ``workers = 2`` on both CPUs for the 1 KiB, 50-connection
-  throughput only;
+  throughput only; with ``bench/run.sh --baseline REF``, also ``trace-proxy-baseline``, REF's trace-proxy built
+  the same way in its own venv, configured like ``trace-proxy`` and pinned to the same CPU, measured next to it in
+  every round (``--only-trace-proxy`` leaves out nginx-fwd, squid, tinyproxy, workers = 2 and the RSS run);
 - each point: a warm-up, then a measured window; the targets are interleaved within each round, and every figure
   reported is the median over the rounds. CPU time is utime+stime of the proxy's whole process tree
   (``/proc/PID/stat``), read just before and after the measured window, divided by the requests wrk completed.
 
-Prints one table (absolute figures, then trace-proxy's ratios to direct, nginx-fwd and squid) and the PASS/FAIL
-lines of the performance targets, and writes everything, every raw round included, to ``bench/results/latest.json``
-(and a dated copy). The exit status says whether every measurement ran (0) or not (1), never whether the targets
-were met: ``--quick`` is CI's smoke run.
+Prints one table (absolute figures, then trace-proxy's ratios to direct, nginx-fwd and squid, and to the baseline
+in an A/B run, which also gets a summary of the per-round ratios) and the PASS/FAIL lines of the performance
+targets, and writes everything, every raw round included, to ``bench/results/latest.json`` (and a dated copy). The
+exit status says whether every measurement ran (0) or not (1), never whether the targets were met: ``--quick`` is
+CI's smoke run.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ FIXED_SENTRY_TRACE = "0123456789abcdef0123456789abcdef-0123456789abcdef-1"
 DASH, TIMES = "\u2013", "\u00d7"  # "not measured" in the table, and "times"
 
 DIRECT, TP, NGINX, SQUID, TINY, TP2 = "direct", "trace-proxy", "nginx-fwd", "squid", "tinyproxy", "trace-proxy-w2"
+BASE = "trace-proxy-baseline"  # another commit's trace-proxy (bench/run.sh --baseline REF), set up like TP
 PROXIES = (TP, NGINX, SQUID, TINY)
 TARGETS = (DIRECT, *PROXIES)
 TUNNELS = (DIRECT, TP, SQUID, TINY)  # nginx-fwd does not do CONNECT
@@ -76,6 +80,7 @@ LABELS = {
     SQUID: "squid",
     TINY: "tinyproxy",
     TP2: "trace-proxy (workers = 2, both CPUs)",
+    BASE: "trace-proxy (baseline)",
 }
 # Environment variables that would change what the children do: proxies for curl, settings for trace-proxy.
 _SCRUB = re.compile(r"^(https?_proxy|all_proxy|no_proxy|TRACE_PROXY_.*|SENTRY_.*)$", re.IGNORECASE)
@@ -369,6 +374,23 @@ def parse_wrk(text: str) -> dict[str, Any]:
 # the benchmark
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """The build an A/B run compares this checkout's trace-proxy with: bench/run.sh installs it (``--baseline``)."""
+
+    program: str  # its trace-proxy console script, in its own venv on the same interpreter
+    commit: str
+    ref: str
+
+    @property
+    def short(self) -> str:
+        return self.commit[:7]
+
+    @property
+    def label(self) -> str:
+        return f"trace-proxy (baseline {self.short})"
+
+
 @dataclass
 class Options:
     quick: bool
@@ -382,6 +404,8 @@ class Options:
     output: Path
     core_bench: bool
     wait_quiet: int
+    only_trace_proxy: bool = False
+    baseline: Baseline | None = None
 
 
 @dataclass
@@ -506,7 +530,8 @@ class Bench:
         assert self.origin is not None
         return self.origin.port
 
-    def make_trace_proxy(self, tag: str, workers: int = 1, cpus: str | None = None) -> Server:
+    def make_trace_proxy(self, tag: str, workers: int = 1, cpus: str | None = None, program: str = TP) -> Server:
+        """A trace-proxy instance; `program` names the build in `bins` (this checkout's, or the baseline's)."""
         work = self._dir(tag)
         port = free_port(self.ports)
         conf = work / "trace-proxy.toml"
@@ -526,7 +551,7 @@ traces_sample_rate = 1.0
 listen = ""
 """
         )
-        argv = [self.bins["trace-proxy"], "--config", str(conf), "--log-level", "warning"]
+        argv = [self.bins[program], "--config", str(conf), "--log-level", "warning"]
         return Server(tag, argv, port, cpus or self.proxy_cpu, work, listeners=workers)
 
     def make_nginx_fwd(self, tag: str) -> Server:
@@ -625,6 +650,8 @@ AddHeader "sentry-trace" "{FIXED_SENTRY_TRACE}"
             return self.make_trace_proxy(tag)
         if target == TP2:
             return self.make_trace_proxy(tag, workers=2, cpus=self.both_cpus)
+        if target == BASE:
+            return self.make_trace_proxy(tag, program=BASE)
         if target == NGINX:
             return self.make_nginx_fwd(tag)
         if target == SQUID:
@@ -714,7 +741,7 @@ AddHeader "sentry-trace" "{FIXED_SENTRY_TRACE}"
         trace = seen.get("sentry-trace", "")
         if not re.fullmatch(r"[0-9a-f]{32}-[0-9a-f]{16}-1", trace):
             raise PointError(f"{target}: the origin received sentry-trace {trace!r}")
-        if target in (TP, TP2):
+        if target in (TP, TP2, BASE):
             baggage = seen.get("baggage", "")
             for member in ("sentry-public_key=pk123", "sentry-org_id=42", "sentry-sampled=true"):
                 if member not in baggage.split(","):
@@ -903,6 +930,41 @@ def trace_proxy_build() -> str:
     return "compiled (mypyc)" if not origin.endswith(".py") else "interpreted"
 
 
+# Run by the baseline's interpreter: trace_proxy_build() and the package versions of its venv.
+_BASELINE_PROBE = """
+import importlib.metadata as metadata, importlib.util as util, json
+spec = util.find_spec("proxy.server.forward")
+origin = spec.origin if spec is not None else None
+build = "not installed" if origin is None else "interpreted" if origin.endswith(".py") else "compiled (mypyc)"
+out = {"trace_proxy_build": build}
+for package in ("trace-proxy", "uvloop", "httptools", "aiohttp", "pydantic"):
+    try:
+        out[package] = metadata.version(package)
+    except metadata.PackageNotFoundError:
+        out[package] = None
+print(json.dumps(out))
+"""
+
+
+def baseline_info(baseline: Baseline) -> dict[str, Any]:
+    """The baseline's commit and what its venv holds, so that an A/B shows it compared like with like.
+
+    Asked of the baseline's own interpreter in isolated mode (``-I``): with the checkout's directory on its path, the
+    checkout's ``proxy`` sources would answer instead of the baseline's install.
+    """
+    python = Path(baseline.program).parent / "python"
+    info: dict[str, Any] = {"ref": baseline.ref, "commit": baseline.commit, "program": baseline.program}
+    info["python_executable"] = os.path.realpath(python)
+    try:
+        done = subprocess.run(
+            [str(python), "-I", "-c", _BASELINE_PROBE], capture_output=True, text=True, timeout=30, check=False
+        )
+        info.update(json.loads(done.stdout))
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        info["trace_proxy_build"] = f"unknown ({type(exc).__name__}: {exc})"
+    return info
+
+
 def versions(bins: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "nginx": _first_line([bins["nginx"], "-v"]),
@@ -1058,7 +1120,7 @@ def paired_ratios(values: dict[str, dict[str, list[float | None]]], metric: str,
 def ratios(medians: dict[str, dict[str, float | None]]) -> dict[str, dict[str, float | None]]:
     tp = medians.get(TP, {})
     out: dict[str, dict[str, float | None]] = {}
-    for other in (DIRECT, NGINX, SQUID, TINY):
+    for other in (DIRECT, NGINX, SQUID, TINY, *((BASE,) if BASE in medians else ())):
         ref = medians.get(other, {})
         row: dict[str, float | None] = {}
         for metric in METRICS:
@@ -1066,6 +1128,63 @@ def ratios(medians: dict[str, dict[str, float | None]]) -> dict[str, dict[str, f
             row[metric] = a / b if a is not None and b else None
         out[other] = row
     return out
+
+
+# The figures an A/B run compares, by line of the summary (`baseline_summary`): heading, then (metric, name).
+AB_LINES = (
+    ("CPU-µs/req at c=50", (("c50_1k_cpu_us", "1 KiB"), ("c50_64k_cpu_us", "64 KiB"))),
+    ("req/s at c=50", (("c50_1k_rps", "1 KiB"), ("c50_64k_rps", "64 KiB"))),
+    ("c=1, 1 KiB", (("c1_rps", "req/s"), ("c1_p50_us", "p50"), ("c1_p99_us", "p99"))),
+)
+
+
+def baseline_ratios(values: dict[str, dict[str, list[float | None]]]) -> dict[str, dict[str, Any]]:
+    """trace-proxy ÷ baseline for each figure both have: the ratio of the medians and the ratios round by round.
+
+    The two builds are measured back to back in each round, so a round's ratio is hardly touched by the machine's
+    drift between rounds; the median of those ratios is the A/B's answer, and their range is its noise.
+    """
+    medians = summarize(values)
+    tp, base = medians.get(TP, {}), medians.get(BASE, {})
+    out: dict[str, dict[str, Any]] = {}
+    for metric in METRICS:
+        a, b = tp.get(metric), base.get(metric)
+        pairs = paired_ratios(values, metric, BASE)
+        if a is None or not b or not pairs:
+            continue
+        out[metric] = {
+            "trace_proxy": a,
+            "baseline": b,
+            "ratio_of_medians": a / b,
+            "per_round": pairs,
+            "median": statistics.median(pairs),
+            "min": min(pairs),
+            "max": max(pairs),
+        }
+    return out
+
+
+def baseline_summary(ab: dict[str, dict[str, Any]], baseline: Baseline) -> str:
+    """The A/B's answer: new ÷ baseline per figure, the median of the per-round ratios and their range."""
+    if not ab:
+        return f"trace-proxy ÷ baseline {baseline.short}: not measured"
+    rounds = max(len(r["per_round"]) for r in ab.values())
+
+    def part(metric: str, name: str) -> str:
+        r = ab.get(metric)
+        if r is None:
+            return f"{name} {DASH}"
+        spread = f" ({r['min']:.3f}{DASH}{r['max']:.3f})" if len(r["per_round"]) > 1 else ""
+        return f"{name} {r['median']:.3f}{spread}"
+
+    lines = [
+        f"trace-proxy ÷ baseline {baseline.short} ({baseline.ref}): median of the per-round ratios"
+        + (f" (their range over {rounds} rounds)" if rounds > 1 else " (1 round)")
+    ]
+    width = max(len(heading) for heading, _ in AB_LINES) + 1
+    for heading, metrics in AB_LINES:
+        lines.append(f"  {heading + ':':{width}} " + ", ".join(part(m, n) for m, n in metrics))
+    return "\n".join(lines)
 
 
 def _rate(v: float | None) -> str:
@@ -1084,7 +1203,13 @@ def _ratio(v: float | None) -> str:
     return DASH if v is None else f"{v:.2f}"
 
 
-def table(medians: dict[str, dict[str, float | None]], rat: dict[str, dict[str, float | None]]) -> str:
+def table(
+    medians: dict[str, dict[str, float | None]],
+    rat: dict[str, dict[str, float | None]],
+    labels: dict[str, str] = LABELS,
+    refs: Sequence[str] = (DIRECT, NGINX, SQUID),
+) -> str:
+    """The medians of every target measured, then trace-proxy's ratios to each of `refs` that is in `rat`."""
     head = (
         "| path | c=1 req/s | c=1 p50 / p99 µs | c=50 req/s 1 KiB (÷ direct) | c=50 req/s 64 KiB (÷ direct) "
         "| CPU-µs/req c=50 1 KiB / 64 KiB | KiB/idle conn | CONNECT MB/s (÷ direct) |"
@@ -1095,7 +1220,7 @@ def table(medians: dict[str, dict[str, float | None]], rat: dict[str, dict[str, 
     def of(v: float | None, ref: float | None) -> str:
         return f" ({v / ref:.2f})" if v is not None and ref else ""
 
-    for target in (*TARGETS, TP2):
+    for target in (DIRECT, TP, BASE, NGINX, SQUID, TINY, TP2):
         m = medians.get(target)
         if m is None:
             continue
@@ -1104,7 +1229,7 @@ def table(medians: dict[str, dict[str, float | None]], rat: dict[str, dict[str, 
             idle = "n/a (closes)"
         cpu = DASH if target == DIRECT else f"{_num(m.get('c50_1k_cpu_us'))} / {_num(m.get('c50_64k_cpu_us'))}"
         cells = [
-            LABELS[target],
+            labels[target],
             _rate(m.get("c1_rps")),
             f"{_num(m.get('c1_p50_us'))} / {_num(m.get('c1_p99_us'))}" if "c1_p50_us" in m else DASH,
             _rate(m.get("c50_1k_rps")) + of(m.get("c50_1k_rps"), direct.get("c50_1k_rps")),
@@ -1116,10 +1241,12 @@ def table(medians: dict[str, dict[str, float | None]], rat: dict[str, dict[str, 
             else DASH,
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    for other in (DIRECT, NGINX, SQUID):
-        r = rat[other]
+    for other in refs:
+        r = rat.get(other)
+        if r is None:
+            continue
         cells = [
-            f"**trace-proxy ÷ {other}**",
+            f"**trace-proxy ÷ {'baseline' if other == BASE else other}**",
             _ratio(r["c1_rps"]),
             f"{_ratio(r['c1_p50_us'])} / {_ratio(r['c1_p99_us'])}",
             _ratio(r["c50_1k_rps"]),
@@ -1236,7 +1363,33 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         metavar="SECONDS",
         help="before each round, wait up to SECONDS for both CPUs to be idle (other jobs on the machine)",
     )
+    parser.add_argument(
+        "--only-trace-proxy",
+        action="store_true",
+        help="measure direct, trace-proxy and its baseline only: no nginx-fwd, squid, tinyproxy, workers = 2 or RSS "
+        "run (an A/B of two builds in a few minutes)",
+    )
+    ab = parser.add_argument_group(
+        "A/B against another commit",
+        "`bash bench/run.sh --baseline REF` installs REF's trace-proxy (a git commit-ish), built the same way, into "
+        "bench/.venv-baseline and passes the three options below, which measure it next to this checkout's in every "
+        "round.",
+    )
+    ab.add_argument("--baseline", metavar="REF", help="bench/run.sh's option (it builds REF first), not bench.py's")
+    ab.add_argument("--baseline-trace-proxy", type=Path, metavar="PATH", help="the baseline's trace-proxy script")
+    ab.add_argument("--baseline-commit", metavar="SHA", help="the commit it was built from")
+    ab.add_argument("--baseline-ref", metavar="REF", help="how that commit was named (default: the commit)")
     a = parser.parse_args(argv)
+    if a.baseline is not None:
+        parser.error(f"--baseline is bench/run.sh's: run `bash bench/run.sh --baseline {a.baseline}`")
+    baseline = None
+    if a.baseline_trace_proxy is not None or a.baseline_commit is not None:
+        if a.baseline_trace_proxy is None or a.baseline_commit is None:
+            parser.error("--baseline-trace-proxy and --baseline-commit go together")
+        if not os.access(a.baseline_trace_proxy, os.X_OK):
+            parser.error(f"--baseline-trace-proxy {a.baseline_trace_proxy}: not an executable")
+        program = str(a.baseline_trace_proxy.absolute())
+        baseline = Baseline(program, a.baseline_commit, a.baseline_ref or a.baseline_commit)
     quick = bool(a.quick)
     return Options(
         quick=quick,
@@ -1250,6 +1403,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         output=a.output,
         core_bench=not a.no_core_bench,
         wait_quiet=a.wait_quiet,
+        only_trace_proxy=bool(a.only_trace_proxy),
+        baseline=baseline,
     )
 
 
@@ -1338,7 +1493,10 @@ def measure(bench: Bench, report: dict[str, Any]) -> None:
     bench.start_origin(www)
     servers: dict[str, Server | None] = {DIRECT: None}
     report["probe"] = {}
-    for target in (*PROXIES, TP2):
+    # What this run measures: every target, or (--only-trace-proxy) direct and trace-proxy; plus the baseline.
+    skipped = {NGINX, SQUID, TINY, TP2} if opts.only_trace_proxy else set()
+    extra = (BASE,) if opts.baseline is not None else ()
+    for target in (*(t for t in (*PROXIES, TP2) if t not in skipped), *extra):
         try:
             server = bench._start(bench.make(target, target))
             report["probe"][target] = bench.probe(target, server)
@@ -1362,7 +1520,15 @@ def measure(bench: Bench, report: dict[str, Any]) -> None:
         rounds.append({"round": index + 1, "started": start, "waited_for_quiet_s": waited, "points": points})
 
         def rotate(names: Sequence[str], n: int = index) -> list[str]:
-            return [*names[n % len(names) :], *names[: n % len(names)]]
+            """`names` this run measures, rotated by the round. The baseline goes next to trace-proxy, after it in
+            odd rounds and before it in even ones: the pair is measured within the same half minute, neither build
+            always first."""
+            names = [t for t in names if t not in skipped]
+            names = [*names[n % len(names) :], *names[: n % len(names)]]
+            if extra and TP in names:
+                at = names.index(TP)
+                names.insert(at + 1 if n % 2 == 0 else at, BASE)
+            return names
 
         for point, path, conns in plan:
             names = rotate([*TARGETS, TP2] if point == "c50_1k" else TARGETS)
@@ -1384,14 +1550,15 @@ def measure(bench: Bench, report: dict[str, Any]) -> None:
     for running in servers.values():
         if running is not None:
             bench.stop(running)
-    phase = time.monotonic()
-    print(f"  trace-proxy RSS run: {opts.rss_seconds} s at 50 connections", flush=True)
-    try:
-        report["rss_run"] = bench.rss_run()
-    except Exception as exc:
-        report["rss_run"] = {"error": _describe(exc)}
-        bench.error(f"RSS run: {_describe(exc)}")
-    report["durations_s"]["rss_run"] = round(time.monotonic() - phase, 1)
+    if not opts.only_trace_proxy:
+        phase = time.monotonic()
+        print(f"  trace-proxy RSS run: {opts.rss_seconds} s at 50 connections", flush=True)
+        try:
+            report["rss_run"] = bench.rss_run()
+        except Exception as exc:
+            report["rss_run"] = {"error": _describe(exc)}
+            bench.error(f"RSS run: {_describe(exc)}")
+        report["durations_s"]["rss_run"] = round(time.monotonic() - phase, 1)
 
     if opts.core_bench and CORE_BENCH.exists():
         phase = time.monotonic()
@@ -1407,6 +1574,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     started = time.monotonic()
     bins = find_bins()
+    labels = dict(LABELS)
+    if opts.baseline is not None:
+        bins[BASE] = opts.baseline.program
+        labels[BASE] = opts.baseline.label
     nofile = _raise_nofile(65536)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background
     signal.signal(signal.SIGTERM, _raise_interrupted)
@@ -1433,6 +1604,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"proxy on CPU {bench.proxy_cpu}, origin + load on CPU {bench.load_cpu}; work dir {tmp}",
         flush=True,
     )
+    software = versions(bins)
+    baseline = opts.baseline
+    base_info = baseline_info(baseline) if baseline is not None else None
+    if baseline is not None and base_info is not None:
+        print(f"bench: A/B against {baseline.ref} = {baseline.commit}, hot path {base_info['trace_proxy_build']}")
+        # Like with like: the same build mode and the same dependencies (each venv resolved its own).
+        for key in ("trace_proxy_build", "uvloop", "httptools", "aiohttp", "pydantic"):
+            if base_info.get(key) != software.get(key):
+                bench.warn(
+                    f"{key}: the baseline's venv has {base_info.get(key)}, this checkout's {software.get(key)}; "
+                    "the A/B measures that difference too"
+                )
     report: dict[str, Any] = {
         "schema": 1,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -1451,10 +1634,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "trace_proxy": {"traces_sample_rate": 1.0, "dsn": DSN, "connect_ports": [], "admin": "off"},
         },
         "machine": machine_info(),
-        "versions": versions(bins),
+        "versions": software,
         "rounds": [],
         "durations_s": {},
     }
+    if opts.only_trace_proxy:
+        report["settings"]["only_trace_proxy"] = True
+    if base_info is not None:
+        report["baseline"] = base_info
     interrupted: str | None = None
     try:
         measure(bench, report)
@@ -1481,11 +1668,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     medians = summarize(values)
     _warn_disturbed(bench, report["rounds"])
     rat = ratios(medians)
-    text = table(medians, rat)
+    refs = (DIRECT, BASE) if opts.only_trace_proxy else (DIRECT, NGINX, SQUID, BASE)
+    text = table(medians, rat, labels, refs)
+    ab = baseline_ratios(values) if baseline is not None else None
     verdicts = checks(values, report.get("rss_run"), report.get("core_bench"))
     report["medians"] = medians
     report["ratios_trace_proxy_to"] = rat
     report["table_markdown"] = text
+    if ab is not None:
+        report["ratios_to_baseline"] = ab
     report["checks"] = [c.__dict__ for c in verdicts]
     report["warnings"] = bench.warnings
     report["errors"] = bench.errors
@@ -1505,8 +1696,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"trace-proxy on Python {platform.python_version()} at {os.path.realpath(sys.executable)}, "
         f"hot path {report['versions'].get('trace_proxy_build', '?')}"
     )
+    if baseline is not None and base_info is not None:
+        build = base_info["trace_proxy_build"]
+        print(f"baseline {baseline.ref} = {baseline.commit} on the same Python, hot path {build}")
     print()
     print(text)
+    if baseline is not None and ab is not None:
+        print()
+        print(baseline_summary(ab, baseline))
     rss = report.get("rss_run") or {}
     if "growth_pct" in rss:
         print(

@@ -6,10 +6,42 @@
 # TRACE_PROXY_PYTHON) and installs trace-proxy into it (`pip install .`, hot path compiled), then hands over to
 # bench/bench.py with that venv's Python. `--quick` is CI's smoke run (about a minute); without it the full run
 # (5 rounds) takes about 17 minutes.
+# `--baseline REF` (a git commit-ish) also installs REF's trace-proxy, built the same way, into bench/.venv-baseline
+# and measures it beside this checkout's in every round (an A/B of a hot-path change; with `--only-trace-proxy`,
+# which bench.py takes, the other proxies are left out and a run takes a few minutes).
 # Results: a table on stdout and bench/results/latest.json.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# `--baseline REF` is this script's; every other argument goes to bench.py unchanged.
+baseline_ref=""
+args=()
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+        --baseline)
+            [ "$#" -ge 2 ] || { echo "bench: --baseline needs a git commit-ish" >&2; exit 2; }
+            baseline_ref=$2
+            shift 2
+            ;;
+        --baseline=*)
+            baseline_ref=${1#--baseline=}
+            shift
+            ;;
+        *)
+            args+=("$1")
+            shift
+            ;;
+    esac
+done
+baseline_commit=""
+if [ -n "${baseline_ref}" ]; then
+    command -v git >/dev/null 2>&1 || { echo "bench: --baseline needs git" >&2; exit 1; }
+    baseline_commit=$(git rev-parse --verify --quiet "${baseline_ref}^{commit}") || {
+        echo "bench: --baseline ${baseline_ref}: not a commit of this repository" >&2
+        exit 2
+    }
+fi
 
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 export PATH="${PATH}:/usr/local/sbin:/usr/sbin:/sbin"  # nginx, squid live in sbin
@@ -86,6 +118,36 @@ if [ "$(cat "${venv_dir}/.installed" 2>/dev/null)" != "${stamp}" ] || [ ! -x "${
     echo "${stamp}" >"${venv_dir}/.installed"
 fi
 
+# The baseline: REF's tree, exported with `git archive` into a temporary directory (outside the checkout, so never
+# committed, and no worktree to prune if this is killed), installed like the checkout above into its own venv on the
+# same interpreter, and deleted again before the measurement starts (a regular install does not need its sources).
+# The venv is reinstalled only when REF resolves to another commit or the build mode changed.
+baseline_args=()
+if [ -n "${baseline_commit}" ]; then
+    base_venv=bench/.venv-baseline
+    short=$(git rev-parse --short "${baseline_commit}")
+    if [ ! -x "${base_venv}/bin/python" ] || [ "$(readlink -f "${base_venv}/bin/python")" != "${python}" ]; then
+        rm -rf "${base_venv}"
+        "${python}" -m venv "${base_venv}"
+    fi
+    base_stamp="${mypyc} ${baseline_commit}"
+    if [ "$(cat "${base_venv}/.installed" 2>/dev/null)" != "${base_stamp}" ] \
+        || [ ! -x "${base_venv}/bin/trace-proxy" ]; then
+        echo "bench: pip install ${baseline_ref} (${short}) into ${base_venv} (TRACE_PROXY_MYPYC=${mypyc})"
+        rm -f "${base_venv}/.installed"
+        base_src=$(mktemp -d "${TMPDIR:-/tmp}/trace-proxy-baseline-${short}.XXXXXX")
+        trap 'rm -rf "${base_src}"' EXIT  # also when the build fails (exec, below, runs no trap)
+        git archive --format=tar "${baseline_commit}" | tar -x -C "${base_src}"
+        TRACE_PROXY_MYPYC=${mypyc} "${base_venv}/bin/pip" install -q "${base_src}"
+        rm -rf "${base_src}"
+        trap - EXIT
+        echo "${base_stamp}" >"${base_venv}/.installed"
+    fi
+    echo "bench: baseline ${baseline_ref} = ${baseline_commit} in ${base_venv}"
+    baseline_args=(--baseline-trace-proxy "${base_venv}/bin/trace-proxy" --baseline-commit "${baseline_commit}"
+        --baseline-ref "${baseline_ref}")
+fi
+
 # 1,000 idle client connections need more than the usual 1,024 descriptors (client, proxy and origin sides).
 hard=$(ulimit -Hn)
 if [ "${hard}" = unlimited ] || [ "${hard}" -gt 65536 ]; then
@@ -94,4 +156,4 @@ else
     ulimit -n "${hard}"
 fi
 
-exec "${venv_dir}/bin/python" bench/bench.py "$@"
+exec "${venv_dir}/bin/python" bench/bench.py ${args[@]+"${args[@]}"} ${baseline_args[@]+"${baseline_args[@]}"}
