@@ -132,13 +132,14 @@ def loopback_only_warning(listen: Address, allow_clients: tuple[Network, ...]) -
     )
 
 
-def raise_descriptor_limit(max_connections: int) -> None:
-    """Raise this process's descriptor limit towards what `max_connections` needs (two per client connection),
-    as far as the hard limit allows, and say so when it cannot: past the limit, accepting connections fails."""
+def fit_descriptor_limit(max_connections: int) -> int:
+    """Raise this process's descriptor limit towards what `max_connections` needs (two per client connection, its
+    own and one to the origin), as far as the hard limit allows; returns the connections that fit. Past the limit,
+    accepting fails and every client would suffer; below it, only the surplus connections are closed."""
     needed = 2 * max_connections + _SPARE_DESCRIPTORS
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= needed:
-        return
+        return max_connections
     target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
     if target > soft:
         try:
@@ -146,14 +147,18 @@ def raise_descriptor_limit(max_connections: int) -> None:
             soft = target
         except (OSError, ValueError) as exc:
             log.debug("cannot raise the descriptor limit to %d: %s", target, exc)
-    if soft < needed:
-        log.warning(
-            "the descriptor limit is %d, below the %d that forward.max_connections = %d needs: raise the hard limit "
-            "(ulimit -Hn; docker run --ulimit nofile=...) or lower forward.max_connections",
-            soft,
-            needed,
-            max_connections,
-        )
+    if soft >= needed:
+        return max_connections
+    fitting = max(1, (soft - _SPARE_DESCRIPTORS) // 2)
+    log.warning(
+        "forward.max_connections = %d needs %d descriptors, the limit is %d: serving at most %d client connections "
+        "(raise the hard limit, ulimit -Hn or docker run --ulimit nofile=..., or set forward.max_connections)",
+        max_connections,
+        needed,
+        soft,
+        fitting,
+    )
+    return fitting
 
 
 def run(settings: Settings) -> int:
@@ -161,7 +166,11 @@ def run(settings: Settings) -> int:
     warning = loopback_only_warning(settings.forward.listen, settings.forward.allow_clients)
     if warning is not None:
         log.warning("%s", warning)
-    raise_descriptor_limit(settings.forward.max_connections)
+    fitting = fit_descriptor_limit(settings.forward.max_connections)
+    if fitting != settings.forward.max_connections:
+        settings = settings.model_copy(
+            update={"forward": settings.forward.model_copy(update={"max_connections": fitting})}
+        )
     if settings.forward.workers > 1:
         return _run_workers(settings)
     return uvloop.run(_serve(settings, reuse_port=False, with_admin=True))

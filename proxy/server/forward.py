@@ -576,6 +576,8 @@ class ClientConnection(asyncio.Protocol):
     def head_timed_out(self, timeout: float) -> None:
         """The request head under way did not arrive whole within forward.header_timeout."""
         self.head_since = 0.0
+        if self._discarding or self.transport.is_closing():
+            return  # already answered, and closing
         self._reject(
             408, f"request head not complete within {timeout:g}s (forward.header_timeout)", "http_request_error"
         )
@@ -591,6 +593,7 @@ class ClientConnection(asyncio.Protocol):
         self._input_done = True
         self._tunnel_buf = None
         self._discarding = True
+        self.head_since = 0.0  # answered: no 408 to follow
         transport.write_eof()
         self._resume(self._paused)
         self._server.loop.call_later(_LINGER_SECONDS, self._close)

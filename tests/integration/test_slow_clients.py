@@ -67,6 +67,21 @@ async def test_dribbled_head_is_timed_from_its_first_byte(proxy_factory: ProxyFa
     assert [r.target for r in raw_origin.requests] == [b"/first"]
 
 
+async def test_an_answered_client_gets_no_408_after_its_answer(proxy_factory: ProxyFactory) -> None:
+    """A malformed head is answered 400 at once; the lingering close that follows (2 s, longer than this
+    header_timeout) ends in a plain close, with no 408 written after the answer (nor an error in the log: the
+    teardown checks that)."""
+    proxy = proxy_factory({"forward": {"header_timeout": 0.3}})
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        writer.write(b"\x00garbage that is no request head")
+        response = await http.read_response(reader)
+        assert response.status == 400
+        await http.expect_eof(reader)
+    finally:
+        await http.close_writer(writer)
+
+
 async def test_a_head_sent_slowly_but_in_time_is_served(proxy_factory: ProxyFactory, raw_origin: RawOrigin) -> None:
     proxy = proxy_factory({"forward": {"header_timeout": 5.0}})
     reader, writer = await http.open_raw(proxy.port)

@@ -96,16 +96,29 @@ def test_listening_beyond_loopback_with_the_default_clients_says_so(
         assert "\n" not in warning
 
 
-def test_descriptor_limit_is_raised_for_max_connections() -> None:
-    """In a child process with a soft limit of 256 (hard limit as it is): 2,000 connections need 4,256."""
+@pytest.mark.parametrize(
+    ("soft", "max_connections", "expected"),
+    [(256, 2000, 2000), (256, 10**6, None)],
+    ids=["raised-to-fit", "hard-limit-lowers-max"],
+)
+def test_descriptor_limit_is_raised_for_max_connections(soft: int, max_connections: int, expected: int | None) -> None:
+    """In a child process with a soft limit of 256 (the hard limit as it is): 2,000 connections need 4,256
+    descriptors, and get them; a million do not fit under the hard limit, and max_connections is lowered to fit."""
     code = (
         "import resource\n"
-        "from proxy.app import raise_descriptor_limit\n"
-        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
-        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
-        "raise_descriptor_limit(2000)\n"
-        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard)\n"
+        "from proxy.app import fit_descriptor_limit\n"
+        "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, hard))\n"
+        f"fitting = fit_descriptor_limit({max_connections})\n"
+        "print(fitting, resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30)
-    soft, hard = (int(v) for v in out.stdout.split())
-    assert soft == (4256 if hard == -1 or hard >= 4256 else hard)
+    fitting, new_soft, hard = (int(v) for v in out.stdout.split())
+    if hard != -1 and hard < 4256:
+        pytest.skip(f"the hard descriptor limit here is {hard}")
+    if expected is not None:
+        assert (fitting, new_soft) == (expected, 2 * expected + 256)
+    else:
+        assert new_soft == hard
+        assert fitting == (hard - 256) // 2
+        assert "serving at most" in out.stderr
