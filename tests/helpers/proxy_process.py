@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -226,18 +227,42 @@ def peak_rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmHWM for pid {pid}")
 
 
-def local_tcp_ports(pid: int) -> set[int]:
-    """Local ports of the TCP sockets process `pid` holds open (from /proc: its fds and /proc/net/tcp)."""
+# The `st` column of /proc/net/tcp (include/net/tcp_states.h).
+TCP_STATES = {
+    "01": "ESTABLISHED",
+    "02": "SYN_SENT",
+    "03": "SYN_RECV",
+    "04": "FIN_WAIT1",
+    "05": "FIN_WAIT2",
+    "06": "TIME_WAIT",
+    "07": "CLOSE",
+    "08": "CLOSE_WAIT",
+    "09": "LAST_ACK",
+    "0A": "LISTEN",
+    "0B": "CLOSING",
+}
+
+
+@dataclass(frozen=True)
+class TcpSocket:
+    """One TCP socket a process holds open, as /proc/net/tcp describes it."""
+
+    local_port: int
+    remote_port: int
+    state: str  # a value of TCP_STATES
+
+
+def tcp_sockets(pid: int) -> list[TcpSocket]:
+    """The TCP sockets process `pid` holds open (from /proc: its fds and /proc/net/tcp{,6}); OSError if it is gone."""
     inodes: set[str] = set()
-    fd_dir = Path(f"/proc/{pid}/fd")
-    for fd in fd_dir.iterdir():
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
             target = os.readlink(fd)
         except OSError:
             continue
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
-    ports: set[int] = set()
+    found: list[TcpSocket] = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             rows = Path(table).read_text().splitlines()[1:]
@@ -246,5 +271,11 @@ def local_tcp_ports(pid: int) -> set[int]:
         for row in rows:
             fields = row.split()
             if len(fields) > 9 and fields[9] in inodes:
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
+                local, remote = fields[1].rsplit(":", 1)[1], fields[2].rsplit(":", 1)[1]
+                found.append(TcpSocket(int(local, 16), int(remote, 16), TCP_STATES.get(fields[3], fields[3])))
+    return found
+
+
+def local_tcp_ports(pid: int) -> set[int]:
+    """Local ports of the TCP sockets process `pid` holds open."""
+    return {s.local_port for s in tcp_sockets(pid)}
