@@ -120,7 +120,8 @@ class ClientConnection(asyncio.Protocol):
         # tunnel state (CONNECT, accepted Upgrade)
         self._tunnel_buf: list[bytes] | None = None
         self.tunnel_peer: UpstreamConnection | None = None
-        self._eofs = 0
+        self._eofs = 0  # half-closes seen in a tunnel, from either side: two end it
+        self._client_eof = False  # the client half-closed before the tunnel was established: passed on then
         self._pending_tunnel_bytes = 0
         self._splice: SpliceTunnel | None = None  # the tunnel is relayed in the kernel (see splice.py)
         self._fd = -1  # the socket's descriptor, once a response body was spliced into it
@@ -201,7 +202,8 @@ class ClientConnection(asyncio.Protocol):
                     return None
                 return True
             if self._tunnel_buf is not None:
-                self._eofs += 1  # passed on once the tunnel or upgrade is established
+                self._eofs += 1
+                self._client_eof = True  # passed on once the tunnel or upgrade is established
                 return True
             # A client that half-closes after its request still gets the response.
             self._input_done = True
@@ -672,8 +674,8 @@ class ClientConnection(asyncio.Protocol):
             buf.clear()
             self._pending_tunnel_bytes = 0
             self._resume(_PENDING)
-        if self._eofs and up.transport.can_write_eof():
-            up.transport.write_eof()
+        if self._client_eof and up.transport.can_write_eof():
+            up.transport.write_eof()  # the client's, and only the client's: the target's went the other way
 
     def _upgrade_body(self, data: bytes) -> bytes:
         """The part of `data` that ends an Upgrade request's Content-Length body goes to the origin as that body;
@@ -694,9 +696,10 @@ class ClientConnection(asyncio.Protocol):
         """The origin answered an Upgrade request with an ordinary response: the connection stays HTTP, and what the
         client sent after its request (held, not relayed) is parsed as the next request, strictly as any other."""
         held = self._tunnel_buf
-        eof = self._eofs
+        eof = self._client_eof
         self._tunnel_buf = None
         self._eofs = 0
+        self._client_eof = False
         self._parser = HttpRequestParser(self)
         self._in_head = True
         self._head_bytes = 0

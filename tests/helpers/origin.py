@@ -449,13 +449,19 @@ class GreetingServer:
             conn.settimeout(TIMEOUT)
             self._conns.append(conn)
             try:
-                conn.sendall(self.GREETING)
+                self._greet(conn)
             except OSError:
                 conn.close()
                 continue
-            worker = threading.Thread(target=self._echo_once, args=(conn,), daemon=True)
+            worker = threading.Thread(target=self._converse, args=(conn,), daemon=True)
             self._workers.append(worker)
             worker.start()
+
+    def _greet(self, conn: socket.socket) -> None:
+        conn.sendall(self.GREETING)
+
+    def _converse(self, conn: socket.socket) -> None:
+        self._echo_once(conn)
 
     @staticmethod
     def _echo_once(conn: socket.socket) -> None:
@@ -466,3 +472,27 @@ class GreetingServer:
                     conn.sendall(b"echo:" + data)
             except OSError:
                 pass
+
+
+class HalfClosingTarget(GreetingServer):
+    """A target that half-closes (SHUT_WR) the instant it accepts, then reads what the client sends until its EOF:
+    `received` holds what each connection got, in the order they closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[bytes] = []
+        self.done = threading.Semaphore(0)  # released once per connection read to its end
+
+    def _greet(self, conn: socket.socket) -> None:
+        conn.shutdown(socket.SHUT_WR)
+
+    def _converse(self, conn: socket.socket) -> None:
+        data = b""
+        with conn:
+            try:
+                while chunk := conn.recv(65536):
+                    data += chunk
+            except OSError:
+                pass
+        self.received.append(data)
+        self.done.release()

@@ -27,7 +27,16 @@ from aiohttp import web
 from tests.helpers import http
 from tests.helpers.clients import curl
 from tests.helpers.data import MB, payload
-from tests.helpers.origin import EndOfStream, GreetingServer, Origin, RawConn, RawOrigin, RawOriginFactory, Recorded
+from tests.helpers.origin import (
+    EndOfStream,
+    GreetingServer,
+    HalfClosingTarget,
+    Origin,
+    RawConn,
+    RawOrigin,
+    RawOriginFactory,
+    Recorded,
+)
 from tests.helpers.proxy_process import ProxyFactory, ProxyProcess, launch_proxy, stop_and_check
 from tests.helpers.tls import TlsCa
 
@@ -294,6 +303,25 @@ async def test_tunnel_half_close_from_the_server_first(
     finally:
         await http.close_writer(writer)
     assert received == [b"late words from the client"]
+
+
+async def test_target_that_half_closes_at_once_still_hears_the_client(proxy: ProxyProcess) -> None:
+    """A target that half-closes the moment it accepts, often before the proxy has attached the client to the
+    tunnel: the client sees the EOF, and what it sends after it still reaches the target, every time (the
+    target's EOF was taken for the client's, and the target's side half-closed too: the bytes were lost)."""
+    rounds = 40
+    with HalfClosingTarget() as target:
+        for i in range(rounds):
+            reader, writer, _ = await open_tunnel(proxy, target.port)
+            try:
+                assert await asyncio.wait_for(reader.read(), http.TIMEOUT) == b""  # the target's half-close
+                writer.write(b"hello %d" % i)
+                await writer.drain()
+                writer.write_eof()
+                assert await asyncio.to_thread(target.done.acquire, True, http.TIMEOUT)
+            finally:
+                await http.close_writer(writer)
+        assert target.received == [b"hello %d" % i for i in range(rounds)]
 
 
 async def test_target_that_speaks_first(proxy_factory: ProxyFactory) -> None:
