@@ -223,6 +223,38 @@ async def test_client_still_uploading_gets_the_error(
     assert "invalid" in text
 
 
+async def test_client_closing_inside_its_request_body_is_answered_at_once(
+    proxy: ProxyProcess, raw_origin_factory: RawOriginFactory
+) -> None:
+    """A client that half-closes after 1,000 of the 1,000,000 body bytes it announced: its request can never be
+    completed, so it gets a 400 saying so, at once (not a 504 blaming the origin after idle_timeout), and the
+    origin's half request is dropped (its connection ends before the body does)."""
+    ended = asyncio.Event()
+
+    async def read_the_body(conn: RawConn) -> None:
+        request = await conn.read_head()
+        assert request is not None
+        try:
+            await conn.read_body(request)
+        finally:
+            ended.set()
+
+    origin = await raw_origin_factory(read_the_body)
+    head = b"POST %b HTTP/1.1\r\nHost: h\r\nContent-Length: 1000000\r\n\r\n" % origin.url("/cut").encode()
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        writer.write(head + b"b" * 1000)
+        await origin.wait_for(lambda: len(origin.received) >= 1000)
+        writer.write_eof()
+        response = await http.read_response(reader)
+        await http.expect_eof(reader)
+    finally:
+        await http.close_writer(writer)
+    assert_error(response, 400, "closed its side before the request body ended")
+    await asyncio.wait_for(ended.wait(), http.TIMEOUT)
+    assert len(origin.received) < len(head) + 1_000_000
+
+
 async def test_uploading_client_can_finish_sending_before_reading_the_error(proxy: ProxyProcess) -> None:
     """A simple client that sends its whole request (16 MB body) before reading is not reset half-way: the proxy
     drains the unwanted body (lingering close, RFC 9112 9.6) and the client then reads the 502."""
