@@ -137,6 +137,20 @@ async def exchange(port: int, data: bytes, *, method: bytes = b"GET", timeout: f
         await close_writer(writer)
 
 
+async def answer_then_close(port: int, data: bytes, *, timeout: float = TIMEOUT) -> RawResponse:
+    """Send `data` on a new connection, read one response, and check that the proxy then closes the connection
+    without another byte (how it ends an exchange it refused)."""
+    reader, writer = await open_raw(port, timeout)
+    try:
+        writer.write(data)
+        await writer.drain()
+        response = await read_response(reader, timeout=timeout)
+        await expect_eof(reader, timeout)
+        return response
+    finally:
+        await close_writer(writer)
+
+
 def get(url: str) -> bytes:
     """A keep-alive absolute-form GET of `url`, as a client sends it to a proxy."""
     return b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % url.encode()

@@ -39,16 +39,9 @@ def assert_error(response: http.RawResponse, status: int, *needles: str) -> None
 
 async def error_exchange(port: int, data: bytes, status: int, *needles: str) -> http.RawResponse:
     """Send `data`, check the error response (see assert_error), then that the proxy closes the connection."""
-    reader, writer = await http.open_raw(port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        response = await http.read_response(reader)
-        assert_error(response, status, *needles)
-        await http.expect_eof(reader)
-        return response
-    finally:
-        await http.close_writer(writer)
+    response = await http.answer_then_close(port, data)
+    assert_error(response, status, *needles)
+    return response
 
 
 async def assert_still_serving(proxy: ProxyProcess, origin: RawOrigin, path: str = "/still-ok") -> None:

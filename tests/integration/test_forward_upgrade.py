@@ -174,16 +174,11 @@ async def test_upgrade_accepted_after_the_body(proxy: ProxyProcess, raw_origin_f
 
 
 async def test_upgrade_request_with_a_chunked_body_is_refused(proxy: ProxyProcess, raw_origin: RawOrigin) -> None:
-    reader, writer = await http.open_raw(proxy.port)
-    try:
-        writer.write(
-            b"POST %b HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"5\r\nhello\r\n0\r\n\r\n" % raw_origin.url("/chunked-up").encode()
-        )
-        response = await http.read_response(reader)
-        await http.expect_eof(reader)
-    finally:
-        await http.close_writer(writer)
+    response = await http.answer_then_close(
+        proxy.port,
+        b"POST %b HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n" % raw_origin.url("/chunked-up").encode(),
+    )
     assert response.status == 400
     assert b"Upgrade request with a chunked body" in response.body
     assert raw_origin.received == b""

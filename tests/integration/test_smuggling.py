@@ -74,17 +74,10 @@ async def test_ambiguous_request_is_400_and_never_forwarded(
 ) -> None:
     """Each ambiguous or malformed request gets 400 with a plain-text cause, the connection is closed, and the
     origin receives nothing of it."""
-    reader, writer = await http.open_raw(proxy.port)
-    try:
-        writer.write(render(CASES[case], raw_origin))
-        await writer.drain()
-        response = await http.read_response(reader)
-        assert response.status == 400, response
-        assert (response.header(b"content-type") or b"").startswith(b"text/plain")
-        assert response.body.strip(), "the 400 must say why"
-        await http.expect_eof(reader)
-    finally:
-        await http.close_writer(writer)
+    response = await http.answer_then_close(proxy.port, render(CASES[case], raw_origin))
+    assert response.status == 400, response
+    assert (response.header(b"content-type") or b"").startswith(b"text/plain")
+    assert response.body.strip(), "the 400 must say why"
     await assert_origin_saw_only_a_sentinel(proxy, raw_origin)
 
 
@@ -111,20 +104,26 @@ async def test_unambiguous_framing_is_accepted(
     request.assert_proxied()
 
 
-async def test_malformed_request_pipelined_behind_a_valid_one(proxy: ProxyProcess, raw_origin: RawOrigin) -> None:
-    """A valid request followed in the same segment by an ambiguous one: the first is answered, the second gets
-    400 after it, the connection closes, and only the first reached the origin."""
-    valid = b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % raw_origin.url("/first").encode()
-    smuggled = render(CASES["two-different-cl"], raw_origin)
+async def behind_a_valid_request(proxy: ProxyProcess, origin: RawOrigin, bad: bytes) -> http.RawResponse:
+    """Send a valid GET and `bad` in one write; the GET is answered `ok /first`, then the proxy answers `bad` and
+    closes the connection. Returns that answer."""
+    valid = b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % origin.url("/first").encode()
     reader, writer = await http.open_raw(proxy.port)
     try:
-        writer.write(valid + smuggled)
+        writer.write(valid + bad)
         first = await http.read_response(reader)
         second = await http.read_response(reader)
         await http.expect_eof(reader)
     finally:
         await http.close_writer(writer)
     assert (first.status, first.body) == (200, b"ok /first")
+    return second
+
+
+async def test_malformed_request_pipelined_behind_a_valid_one(proxy: ProxyProcess, raw_origin: RawOrigin) -> None:
+    """A valid request followed in the same segment by an ambiguous one: the first is answered, the second gets
+    400 after it, the connection closes, and only the first reached the origin."""
+    second = await behind_a_valid_request(proxy, raw_origin, render(CASES["two-different-cl"], raw_origin))
     assert second.status == 400
     assert [r.target for r in raw_origin.requests] == [b"/first"]
     raw_origin.requests[0].assert_proxied()
@@ -139,17 +138,8 @@ async def test_malformed_chunked_body_pipelined_behind_a_valid_request(
     """A valid request, then in the same segment a chunked POST whose body turns out malformed while the first is
     still in flight: the first is answered, the POST gets its 400 after it and the connection closes, and not a
     byte of the POST reaches the origin (it was queued, and must be dropped from the queue, not started)."""
-    valid = b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n" % raw_origin.url("/first").encode()
     post = b"POST %b HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n" % raw_origin.url("/bad").encode()
-    reader, writer = await http.open_raw(proxy.port)
-    try:
-        writer.write(valid + post + bad_chunk)
-        first = await http.read_response(reader)
-        second = await http.read_response(reader)
-        await http.expect_eof(reader)
-    finally:
-        await http.close_writer(writer)
-    assert (first.status, first.body) == (200, b"ok /first")
+    second = await behind_a_valid_request(proxy, raw_origin, post + bad_chunk)
     assert second.status == 400, second
     assert b"malformed" in second.body
     assert [r.target for r in raw_origin.requests] == [b"/first"]

@@ -52,20 +52,26 @@ def send_all(sock: socket.socket, data: bytes) -> None:
     sock.setblocking(False)
 
 
+def relay_all(pipe: BodyPipe, src: socket.socket, dst: socket.socket, count: int, prefix: bytes) -> None:
+    """Relay until `count` bytes were taken (loopback, or a small pipe, may hand them over in several pieces), each
+    call handing back nothing (the client's socket has room)."""
+    taken, left = pipe.relay(src.fileno(), dst.fileno(), count, prefix)
+    for _ in range(1000):
+        assert left == b""
+        if taken == count:
+            return
+        moved, left = pipe.relay(src.fileno(), dst.fileno(), count - taken, b"")
+        taken += moved
+    raise AssertionError(f"took {taken} of {count} bytes")
+
+
 def test_moves_the_prefix_then_at_most_count_bytes(pipe: BodyPipe) -> None:
     """Bytes past `count` (the next response, or garbage) stay in the origin's socket."""
     origin_out, origin_in = pair()
     client_in, client_out = pair()
     body = os.urandom(100_000)
     send_all(origin_out, body + b"NEXT")
-    taken, left = pipe.relay(origin_in.fileno(), client_in.fileno(), len(body), b"HEAD")
-    for _ in range(1000):  # loopback may hand the bytes over in more than one piece
-        assert left == b""
-        if taken == len(body):
-            break
-        moved, left = pipe.relay(origin_in.fileno(), client_in.fileno(), len(body) - taken, b"")
-        taken += moved
-    assert taken == len(body)
+    relay_all(pipe, origin_in, client_in, len(body), b"HEAD")
     assert read_available(client_out, 4 + len(body)) == b"HEAD" + body
     assert read_available(origin_in, 4) == b"NEXT"
     for sock in (origin_out, origin_in, client_in, client_out):
@@ -167,14 +173,7 @@ def test_a_pipe_smaller_than_claimed_moves_what_fits_and_loses_nothing() -> None
     client_in, client_out = pair()
     body = os.urandom(50_000)
     send_all(origin_out, body)
-    taken, left = small.relay(origin_in.fileno(), client_in.fileno(), len(body), b"HEAD")
-    for _ in range(1000):  # a page or less at a time
-        assert left == b""
-        if taken == len(body):
-            break
-        moved, left = small.relay(origin_in.fileno(), client_in.fileno(), len(body) - taken, b"")
-        taken += moved
-    assert taken == len(body)
+    relay_all(small, origin_in, client_in, len(body), b"HEAD")  # a page or less at a time
     assert read_available(client_out, 4 + len(body)) == b"HEAD" + body
     small.close()
     for sock in (origin_out, origin_in, client_in, client_out):
