@@ -134,6 +134,17 @@ def assert_internal_error(response: http.RawResponse, stage: str) -> None:
     assert stage.encode() in response.body
 
 
+def answered_500(path: str, stage: str) -> Scenario:
+    """A GET of `path` is answered with the internal error of `stage`; the next request is served as usual."""
+
+    async def scenario(server: ForwardServer, origin: RawOrigin) -> None:
+        response = await http.exchange(server.port, http.get(origin.url(path)))
+        assert_internal_error(response, stage)
+        await assert_still_serving(server, origin)
+
+    return scenario
+
+
 @skip_compiled
 def test_planning(monkeypatch: pytest.MonkeyPatch, errors: Callable[[], list[logging.LogRecord]]) -> None:
     real = proxy.server.forward.plan_request
@@ -145,12 +156,7 @@ def test_planning(monkeypatch: pytest.MonkeyPatch, errors: Callable[[], list[log
 
     monkeypatch.setattr(proxy.server.forward, "plan_request", plan_request)
 
-    async def scenario(server: ForwardServer, origin: RawOrigin) -> None:
-        response = await http.exchange(server.port, http.get(origin.url("/fault")))
-        assert_internal_error(response, "handling the request")
-        await assert_still_serving(server, origin)
-
-    run(scenario)
+    run(answered_500("/fault", "handling the request"))
     injected_once(errors)
 
 
@@ -170,12 +176,7 @@ def test_connecting(monkeypatch: pytest.MonkeyPatch, errors: Callable[[], list[l
 
     monkeypatch.setattr(UpstreamPool, "connect", connect)
 
-    async def scenario(server: ForwardServer, origin: RawOrigin) -> None:
-        response = await http.exchange(server.port, http.get(origin.url("/first")))
-        assert_internal_error(response, "connecting to the origin")
-        await assert_still_serving(server, origin)
-
-    run(scenario)
+    run(answered_500("/first", "connecting to the origin"))
     injected_once(errors)
 
 
