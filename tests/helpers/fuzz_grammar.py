@@ -240,7 +240,18 @@ ODD_VERSIONS += (b"HTTP/1.01", b"HTTP/ 1.1", b"", b"HTTP/1.1\x00", b"HTTP/1.x", 
 
 # The parts of a request that can be made odd; a request makes none, one or two of them odd. The framing, where
 # smuggling happens, three times as often as the others.
-COMPONENTS = ("framing", "method", "target", "framing", "version", "line", "host", "connection", "expect", "framing")
+COMPONENTS: tuple[str, ...] = (
+    "framing",
+    "method",
+    "target",
+    "framing",
+    "version",
+    "line",
+    "host",
+    "connection",
+    "expect",
+    "framing",
+)
 COMPONENTS += ("fields", "end")
 
 # Per-character text costs a draw a character: names and values come from vocabularies instead.
@@ -658,7 +669,7 @@ def requests(draw: st.DrawFn, index: int, first: bool, last: bool, bugs: frozens
     others): clean but for the components it makes odd (most requests: none)."""
     if draw(st.sampled_from([False] * 4 + [True])):
         return draw(connect_requests(index, first))
-    faults = draw(st.sampled_from((0, 0, 0, 1, 1, 2)))
+    faults = draw(st.sampled_from((0, 0, 0, 0, 0, 1, 1, 2)))
     odd = {draw(st.sampled_from(COMPONENTS)) for _ in range(faults)}
 
     method = draw(st.sampled_from(ODD_METHODS if "method" in odd else CLEAN_METHODS))
@@ -776,7 +787,9 @@ def connections(draw: st.DrawFn, bugs: frozenset[str]) -> Connection:
     """One to four requests on one connection, mutated or not, sent in one to three writes."""
     count = draw(st.integers(1, 4))
     reqs = tuple(draw(requests(i, i == 0, i == count - 1, bugs)) for i in range(count))
-    muts = draw(st.sampled_from([0, 0, 0, 1, 2, 3]).flatmap(lambda n: st.lists(mutations, min_size=n, max_size=n)))
+    muts = draw(
+        st.sampled_from([0, 0, 0, 0, 1, 1, 2, 3]).flatmap(lambda n: st.lists(mutations, min_size=n, max_size=n))
+    )
     cuts = tuple(draw(st.lists(st.integers(1, 1 << 16), max_size=2)))
     return Connection(reqs, tuple(muts), cuts)
 
