@@ -61,7 +61,7 @@ if "FUZZ_KNOWN_BUGS" in os.environ:  # e.g. FUZZ_KNOWN_BUGS= (none) to check fix
     KNOWN_BUGS = frozenset(name for name in os.environ["FUZZ_KNOWN_BUGS"].split(",") if name)
     assert KNOWN_BUGS <= grammar.ALL_BUGS, f"unknown names in FUZZ_KNOWN_BUGS: {KNOWN_BUGS - grammar.ALL_BUGS}"
 
-DEFAULT_EXAMPLES = 800
+DEFAULT_EXAMPLES = 600
 RANDOM = bool(os.environ.get("FUZZ_EXAMPLES"))
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES") or DEFAULT_EXAMPLES)
 BOUND = 3.0  # seconds a client connection may take, after its last byte, to be answered and closed
