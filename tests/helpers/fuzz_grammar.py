@@ -69,6 +69,9 @@ class Marker(NamedTuple):
 
 
 class Piece(NamedTuple):
+    """A run of a request's bytes: literal (left alone by mutations when `protected`), or a port or marker slot
+    (always protected)."""
+
     content: bytes | Slot | Marker
     protected: bool = False
 
@@ -80,20 +83,25 @@ class Piece(NamedTuple):
 
 
 class Ports(NamedTuple):
+    """The ports the slots stand for in one example."""
+
     origin: int
     sink: int
     proxy: int
 
 
 def lit(data: bytes) -> Piece:
+    """Bytes that mutations may change."""
     return Piece(data)
 
 
 def fixed(data: bytes) -> Piece:
+    """Bytes that mutations leave alone (host names, ports, framing a known-bug exclusion needs intact)."""
     return Piece(data, True)
 
 
 def marker(example: int, conn: int, index: int) -> bytes:
+    """The path that names request `index` of client connection `conn` in `example`; fixed width."""
     return b"/fuzz/%06d/%d/%04d/" % (example, conn, index)
 
 
@@ -174,8 +182,8 @@ class Connection:
 
 
 def mutate(data: bytes, mask: bytearray, mutations: Sequence[Mutation]) -> bytes:
-    """Apply `mutations` to the bytes not protected by `mask`. An insertion goes only between two unprotected
-    bytes (or at the very end), so a protected run never grows at its edges."""
+    """Apply `mutations` to the bytes not protected by `mask`. An insertion or a copy goes only between two
+    unprotected bytes (or at either end of the data), so a protected run never grows at its edges."""
     buf = bytearray(data)
     prot = bytearray(mask)
     for mutation in mutations:
