@@ -299,6 +299,8 @@ class ClientConnection(asyncio.Protocol):
         headers = self._headers
         self._url = b""
         self._headers = []
+        if self._input_done:
+            return  # answered and closing (a refusal earlier in this read): what follows is never started
         if self._head_bytes > MAX_HEAD_BYTES and len(url) + sum(len(n) + len(v) + 4 for n, v in headers) > (
             MAX_HEAD_BYTES - 32
         ):
@@ -329,7 +331,9 @@ class ClientConnection(asyncio.Protocol):
             )
         upgrade = connection_named and parser.should_upgrade()
         plan = plan_request(method, url, http11, keep_alive, upgrade, headers, self._policy)
-        if plan.upgrade and plan.body is not Framing.NONE:
+        if upgrade and plan.body is not Framing.NONE:
+            # llhttp takes everything after this head for the new protocol's bytes, body included (even where the
+            # plan ignores the Upgrade, as for HTTP/1.0): the body is counted here.
             self._upgrade_body_left = _upgrade_body_length(plan.body, headers)
         exchange = Exchange(plan, self._now())
         self._reading = exchange
@@ -447,8 +451,8 @@ class ClientConnection(asyncio.Protocol):
             self._linger()
         elif close_client or self.closing_after_response or self.transport.is_closing():
             self._close()
-        elif exchange.plan.upgrade:
-            self._upgrade_refused()
+        elif self._tunnel_buf is not None:
+            self._upgrade_refused()  # llhttp took what followed this request for a new protocol's: it was not one
         elif self._queue or self._input_done or self._deferred_error is not None:
             self._next()
 
@@ -460,7 +464,7 @@ class ClientConnection(asyncio.Protocol):
             self._start(nxt)
         elif self._deferred_error is not None:
             self.transport.write(self._deferred_error)
-            self._close()
+            self._linger()
         elif self._input_done and self._tunnel_buf is None:
             self._close()
 
@@ -659,7 +663,7 @@ class ClientConnection(asyncio.Protocol):
             self._server.stats.rejected(err.status)
             if not self.transport.is_closing():
                 self.transport.write(error_response(err.status, err.message, err.proxy_error))
-            self._close()
+            self._linger()
             return
         if self.transport.is_closing():
             up.transport.close()
@@ -716,9 +720,13 @@ class ClientConnection(asyncio.Protocol):
         if held:
             self.data_received(b"".join(held))
         if eof:
-            self._input_done = True
-            if self.current is None:
-                self._next()
+            if self._tunnel_buf is not None:  # the held bytes ended in another Upgrade request: the EOF waits with it
+                self._eofs = 1
+                self._client_eof = True
+            else:
+                self._input_done = True
+                if self.current is None:
+                    self._next()
 
     def upgraded(self, exchange: Exchange, up: UpstreamConnection) -> None:
         """The origin accepted an Upgrade: from now on both sides are relayed as bytes."""

@@ -22,6 +22,7 @@ from typing import Final, NamedTuple
 from proxy.tracing import Decision, Propagator, TraceSource
 
 MAX_HEAD_BYTES = 64 * 1024
+_MAX_CONTENT_LENGTH = (1 << 63) - 1
 
 _new_tuple: Final = tuple.__new__  # a NamedTuple built without its Python-level __new__ (hot path)
 
@@ -301,6 +302,9 @@ def plan_request(
         elif lname == b"content-length":
             if value != b"0":
                 body = Framing.LENGTH
+                if len(value) > 18 and value.strip().isdigit() and int(value) > _MAX_CONTENT_LENGTH:
+                    # llhttp takes up to 2^64-1; an origin reading a signed 64-bit length would read another framing.
+                    raise RequestRejected(400, "Content-Length larger than 2^63-1")
             parts += (name, b": ", value, b"\r\n")
         elif lname == b"transfer-encoding":
             if not http11:
@@ -332,7 +336,7 @@ def plan_request(
             # llhttp reports this only after the head is complete, i.e. after it was planned: refuse it here.
             raise RequestRejected(400, "Transfer-Encoding of a request must end in chunked (RFC 9112 §6.3)")
         parts += (b"Transfer-Encoding: ", te_value, b"\r\n")
-    if upgrade and upgrade_value:
+    if upgrade and upgrade_value and http11:  # an Upgrade in an HTTP/1.0 request is ignored (RFC 9110 §7.8)
         parts += (b"Connection: Upgrade\r\nUpgrade: ", upgrade_value, b"\r\n")
     else:
         upgrade = False

@@ -451,6 +451,18 @@ async def test_request_to_the_proxy_itself_is_refused(proxy: ProxyProcess) -> No
     await error_exchange(proxy.port, get(f"http://127.0.0.1:{proxy.port}/loop"), 508, "loop")
 
 
+async def test_nothing_pipelined_behind_a_loop_request_is_forwarded(proxy: ProxyProcess, raw_origin: RawOrigin) -> None:
+    """A request to the proxy itself (508) with another request right behind it in the same write: the 508 ends
+    the connection, and the request behind it never reaches the origin (it was started, with the 508 answered in
+    the same read). A pooled origin connection is idle first, as the fuzzer found it."""
+    await assert_still_serving(proxy, raw_origin, "/warm")
+    loop = b"POST http://127.0.0.1:%d/ HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n" % proxy.port
+    response = await http.answer_then_close(proxy.port, loop + get(raw_origin.url("/behind")))
+    assert_error(response, 508, "loop")
+    await assert_still_serving(proxy, raw_origin, "/after")
+    assert [r.target for r in raw_origin.requests] == [b"/warm", b"/after"]
+
+
 async def test_bad_connections_do_not_disturb_other_clients(
     proxy_factory: ProxyFactory, raw_origin_factory: RawOriginFactory
 ) -> None:

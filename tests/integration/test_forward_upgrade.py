@@ -132,6 +132,44 @@ async def test_upgrade_request_body_reaches_the_origin_and_its_answer_the_client
     assert origin.framing_errors == []
 
 
+async def test_refused_upgrades_one_behind_the_other_then_the_clients_close(
+    proxy: ProxyProcess, raw_origin: RawOrigin
+) -> None:
+    """Two Upgrade requests in one write, then the client half-closes: both refusals are answered in order, and
+    the connection closes after the second (the half-close, seen while the first was in flight, was lost)."""
+    upgrade = b"GET %b HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        writer.write(upgrade % raw_origin.url("/one").encode() + upgrade % raw_origin.url("/two").encode())
+        writer.write_eof()
+        first = await http.read_response(reader)
+        second = await http.read_response(reader)
+        await http.expect_eof(reader)
+    finally:
+        await http.close_writer(writer)
+    assert (first.body, second.body) == (b"ok /one", b"ok /two")
+
+
+async def test_upgrade_in_http10_is_ignored(proxy: ProxyProcess, raw_origin: RawOrigin) -> None:
+    """An HTTP/1.0 request asking to upgrade (with a body, kept alive): the origin gets it without the upgrade and
+    with its body, and the request behind it is parsed as the next one (RFC 9110 §7.8: Upgrade is ignored)."""
+    request = (
+        b"POST %b HTTP/1.0\r\nConnection: upgrade, keep-alive\r\nUpgrade: websocket\r\nContent-Length: 3\r\n\r\nabc"
+        % raw_origin.url("/ten").encode()
+    )
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        writer.write(request + b"GET %b HTTP/1.0\r\n\r\n" % raw_origin.url("/next").encode())
+        first = await http.read_response(reader)
+        second = await http.read_response(reader)
+    finally:
+        await http.close_writer(writer)
+    assert (first.body, second.body) == (b"ok /ten", b"ok /next")
+    ten = raw_origin.requests[0]
+    assert ten.body == b"abc"
+    assert ten.values(b"upgrade") == []
+
+
 async def test_upgrade_request_body_split_over_reads(proxy: ProxyProcess, raw_origin_factory: RawOriginFactory) -> None:
     """The same body arriving a byte at a time after the head: all of it, and only it, is the body."""
     origin = await raw_origin_factory()

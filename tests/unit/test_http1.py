@@ -414,6 +414,29 @@ def test_content_length_is_kept_in_place(value: bytes, framing: Framing) -> None
     assert plan.body is framing
 
 
+@pytest.mark.parametrize(
+    "value", [b"9223372036854775808", b"18446744073709551615", b"000000000000000000009223372036854775808"]
+)
+def test_content_length_past_signed_64_bits_is_refused(value: bytes) -> None:
+    """llhttp takes lengths up to 2^64-1; an origin that reads them into a signed 64-bit integer would see a
+    negative or wrapped length, another framing than the proxy's: refused."""
+    err = rejected(b"http://api.example/", [(b"Content-Length", value)], method=b"POST")
+    assert (err.status, err.message) == (400, "Content-Length larger than 2^63-1")
+
+
+def test_content_length_up_to_signed_64_bits_is_kept() -> None:
+    plan = request(b"http://api.example/", [(b"Content-Length", b"9223372036854775807")], method=b"POST")
+    assert b"\r\nContent-Length: 9223372036854775807\r\n" in plan.head
+
+
+def test_upgrade_in_an_http10_request_is_ignored() -> None:
+    """RFC 9110 §7.8: a server ignores Upgrade in an HTTP/1.0 request; the proxy does not pass one on."""
+    headers = [(b"Connection", b"upgrade, keep-alive"), (b"Upgrade", b"websocket")]
+    plan = request(b"http://api.example/", headers, http11=False, upgrade=True, host=False)
+    assert not plan.upgrade
+    assert b"pgrade" not in plan.head
+
+
 def test_chunked_request_gets_the_proxys_own_transfer_encoding_line() -> None:
     headers = [(b"Transfer-Encoding", b"chunked"), (b"Content-Type", b"application/json"), (b"X-After", b"1")]
     plan = request(b"http://example.com/up", headers, method=b"POST", policy=make_policy(targets=[]))
