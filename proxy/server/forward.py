@@ -451,9 +451,13 @@ class ClientConnection(asyncio.Protocol):
             self._linger()
         elif close_client or self.closing_after_response or self.transport.is_closing():
             self._close()
+        elif self._queue:
+            self._next()
         elif self._tunnel_buf is not None:
-            self._upgrade_refused()  # llhttp took what followed this request for a new protocol's: it was not one
-        elif self._queue or self._input_done or self._deferred_error is not None:
+            # The last request asked to upgrade and llhttp took what followed it for the new protocol's bytes; the
+            # origin's ordinary answer says it was not.
+            self._upgrade_refused()
+        elif self._input_done or self._deferred_error is not None:
             self._next()
 
     def _next(self) -> None:

@@ -150,6 +150,22 @@ async def test_refused_upgrades_one_behind_the_other_then_the_clients_close(
     assert (first.body, second.body) == (b"ok /one", b"ok /two")
 
 
+async def test_refused_upgrade_pipelined_behind_a_request(proxy: ProxyProcess, raw_origin: RawOrigin) -> None:
+    """A GET, then an Upgrade request, in one write, then the client's half-close: both are answered, in order (the
+    upgrade, queued behind the GET, was never started), and the connection closes."""
+    upgrade = b"GET %b HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        writer.write(http.get(raw_origin.url("/plain")) + upgrade % raw_origin.url("/up").encode())
+        writer.write_eof()
+        first = await http.read_response(reader)
+        second = await http.read_response(reader)
+        await http.expect_eof(reader)
+    finally:
+        await http.close_writer(writer)
+    assert (first.body, second.body) == (b"ok /plain", b"ok /up")
+
+
 async def test_upgrade_in_http10_is_ignored(proxy: ProxyProcess, raw_origin: RawOrigin) -> None:
     """An HTTP/1.0 request asking to upgrade (with a body, kept alive): the origin gets it without the upgrade and
     with its body, and the request behind it is parsed as the next one (RFC 9110 §7.8: Upgrade is ignored)."""
