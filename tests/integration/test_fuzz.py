@@ -20,8 +20,7 @@ What must hold for every example, whatever the bytes:
 
 `FUZZ_EXAMPLES=N` runs N random examples (failures are kept in .hypothesis/ and replayed first); without it the
 CI's fixed set of `DEFAULT_EXAMPLES` examples runs, derandomized. `FUZZ_REPORT=FILE` appends the report of every
-failing example to FILE, including failures that depend on timing and do not replay. `FUZZ_KNOWN_BUGS=a,b`
-replaces `KNOWN_BUGS` (empty: generate every shape), to check a fix without editing the list.
+failing example to FILE, including failures that depend on timing and do not replay.
 """
 
 from __future__ import annotations
@@ -44,23 +43,6 @@ from tests.helpers.origin import RawConn, RawHandler, RawOrigin, ok_response
 from tests.helpers.proxy_process import ProxyProcess
 from tests.helpers.strict_http import Request, Response, read_requests, read_responses
 from tests.helpers.trace import SENTRY_TRACE_RE, baggage_members
-
-# Proxy bugs the lead is fixing (fuzz_grammar says what each name is): until then their shapes are not generated,
-# or, for the race error-close-without-linger, the checks it trips are waived. Remove a name once its bug is fixed.
-KNOWN_BUGS: frozenset[str] = frozenset(
-    {
-        grammar.HOST_LABEL_IDNA,
-        grammar.UPGRADE_WITH_BODY,
-        grammar.DUPLICATE_BAGGAGE_KEYS,
-        grammar.PIPELINED_MALFORMED_CHUNKED,
-        grammar.TRUNCATED_BODY,
-        grammar.PIPELINED_AFTER_LOOP,
-        grammar.CLOSE_WITHOUT_LINGER,
-    }
-)
-if "FUZZ_KNOWN_BUGS" in os.environ:  # e.g. FUZZ_KNOWN_BUGS= (none) to check fixes without editing the list
-    KNOWN_BUGS = frozenset(name for name in os.environ["FUZZ_KNOWN_BUGS"].split(",") if name)
-    assert KNOWN_BUGS <= grammar.ALL_BUGS, f"unknown names in FUZZ_KNOWN_BUGS: {KNOWN_BUGS - grammar.ALL_BUGS}"
 
 DEFAULT_EXAMPLES = 600
 RANDOM = bool(os.environ.get("FUZZ_EXAMPLES"))
@@ -374,8 +356,7 @@ def check_client(
     name = f"client connection {c}"
     # A reset before any byte arrived destroyed the answer (or there was none): the proxy closes gracefully after an
     # answer, lingering so that what the client still sends cannot draw a reset (RFC 9112 §9.6).
-    reset_waived = client.ended == "reset" and grammar.CLOSE_WITHOUT_LINGER in KNOWN_BUGS
-    if client.ended == "reset" and not client.received and not reset_waived:
+    if client.ended == "reset" and not client.received:
         problems.append(f"{name}: the connection was reset before any answer arrived")
     if client.ended == "timeout":
         problems.append(f"{name}: neither answered nor closed within {BOUND}s of its last byte")
@@ -463,7 +444,7 @@ def check_client(
             expected.append(generated.index)
         if generated.ends:
             break
-    if (answered[: len(expected)] != expected or (expect_tunnel and not tunnel)) and not reset_waived:
+    if answered[: len(expected)] != expected or (expect_tunnel and not tunnel):
         problems.append(
             f"{name}: clean requests {expected}{' (a tunnel)' if expect_tunnel else ''} were not all answered by the "
             f"origin: answered {answered}, {'error ' + repr(error.start_line) if error else 'no error'}"
@@ -525,7 +506,7 @@ def fuzzer(proxy: ProxyProcess) -> Iterator[Fuzzer]:
 
 @pytest.mark.timeout(120 + EXAMPLES + 600)  # the examples, plus Hypothesis's shrinking of a failure (5 min at most)
 @settings(**_SETTINGS)
-@given(example=grammar.examples(KNOWN_BUGS))
+@given(example=grammar.examples())
 def test_fuzz(fuzzer: Fuzzer, example: list[Connection]) -> None:
     """Properties 1-4 of the module docstring hold for every generated example."""
     fuzzer.run(example)

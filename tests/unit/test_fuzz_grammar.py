@@ -35,7 +35,7 @@ def test_mutations_keep_every_protected_run_whole_and_in_order(
 
 
 @settings(max_examples=200, deadline=None)
-@given(request=grammar.requests(3, True, True, frozenset()), mutations=st.lists(grammar.mutations, max_size=4))
+@given(request=grammar.requests(3, True), mutations=st.lists(grammar.mutations, max_size=4))
 def test_a_mutated_request_keeps_its_marker_and_authority(
     request: grammar.Request, mutations: list[grammar.Mutation]
 ) -> None:
