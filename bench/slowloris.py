@@ -87,7 +87,16 @@ for _entry in (str(REPO), str(BENCH_DIR)):
 
 import uvloop  # noqa: E402
 
-from bench import CLK_TCK, free_port, machine_info, trace_proxy_build, tree_cpu_ticks  # noqa: E402
+from bench import (  # noqa: E402
+    CLK_TCK,
+    cpu_stat,
+    cpu_usage,
+    free_port,
+    machine_info,
+    trace_proxy_build,
+    tree_cpu_ticks,
+    wait_quiet,
+)
 from tests.helpers.http import close_writer, get, open_raw, read_response  # noqa: E402
 from tests.helpers.proxy_process import ProxyProcess, launch_proxy  # noqa: E402
 
@@ -149,8 +158,10 @@ def proxy_sockets(pid: int, port: int) -> list[tuple[int, str]]:
             continue
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
-    found: list[tuple[int, str]] = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    found: dict[str, tuple[int, str]] = {}
+    # The kernel writes these tables a page at a time, so one read of a table that changes meanwhile can skip or
+    # repeat rows: the rows are keyed by inode, and the union of two reads is taken.
+    for table in ("/proc/net/tcp", "/proc/net/tcp6") * 2:
         try:
             rows = Path(table).read_text().splitlines()[1:]
         except OSError:
@@ -160,8 +171,8 @@ def proxy_sockets(pid: int, port: int) -> list[tuple[int, str]]:
             if len(fields) <= 9 or fields[9] not in inodes or fields[3] == "0A":  # 0A: LISTEN
                 continue
             if int(fields[1].rsplit(":", 1)[1], 16) == port:
-                found.append((int(fields[2].rsplit(":", 1)[1], 16), fields[3]))
-    return found
+                found[fields[9]] = (int(fields[2].rsplit(":", 1)[1], 16), fields[3])
+    return list(found.values())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -312,9 +323,11 @@ class Dribblers:
     # -- the wheel ----------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._t0 = self.loop.time()
-        self._tick = 0
-        self._ticker = self.loop.call_at(self._t0, self._turn)
+        """Set the wheel turning (it turns only while there are dribblers, so phase A has no trace of it)."""
+        if self._ticker is None:
+            self._t0 = self.loop.time()
+            self._tick = 0
+            self._ticker = self.loop.call_at(self._t0, self._turn)
 
     def stop(self) -> None:
         if self._ticker is not None:
@@ -349,6 +362,7 @@ class Dribblers:
     # -- opening and closing ------------------------------------------------------------------------------------
 
     async def open(self, count: int) -> None:
+        self.start()
         gate = asyncio.Semaphore(OPEN_PARALLEL)
 
         async def limited() -> None:
@@ -415,6 +429,7 @@ class Dribblers:
             task.cancel()
         for dribbler in list(self.live):
             self._forget(dribbler)
+        self.stop()
 
     # -- what the dribblers saw ---------------------------------------------------------------------------------
 
@@ -463,6 +478,7 @@ class Options:
     pin: bool
     output: Path
     raw: bool
+    wait_quiet: float
 
 
 @dataclass
@@ -473,6 +489,8 @@ class Rig:
     origin_port: int
     client: mpc.Connection
     dribblers: Dribblers
+    proxy_cpu: str | None
+    load_cpu: str | None
     errors: list[str] = field(default_factory=list)
 
     def count(self) -> dict[str, int]:
@@ -505,7 +523,7 @@ class Rig:
             "warmup": opts.warmup,
             "interval_s": opts.interval_ms / 1e3,
         }
-        ticks, own, wall = tree_cpu_ticks(self.proxy.pid), time.process_time(), time.monotonic()
+        ticks, own, wall, cpus = tree_cpu_ticks(self.proxy.pid), time.process_time(), time.monotonic(), cpu_stat()
         self.client.send(command)
         ready = await self.loop.run_in_executor(None, self.client.poll, PHASE_TIMEOUT)
         if not ready:
@@ -514,6 +532,7 @@ class Rig:
         wall = time.monotonic() - wall
         own = time.process_time() - own
         ticks = tree_cpu_ticks(self.proxy.pid) - ticks
+        usage = cpu_usage(cpus, cpu_stat(), self.proxy_cpu, ticks) if self.proxy_cpu is not None else None
         latencies = result.pop("latencies_us")
         phase: dict[str, Any] = {
             "phase": name,
@@ -522,6 +541,7 @@ class Rig:
             "errors": result["errors"],
             "proxy_cpu_pct": round(ticks / CLK_TCK / wall * 100, 1),
             "orchestrator_cpu_pct": round(own / wall * 100, 1),
+            "proxy_cpu_usage": usage,  # busy_pct, and other_pct: what other processes took of the proxy's CPU
             "client_ports": result["client_ports"],
         }
         if opts.raw:
@@ -539,6 +559,7 @@ class Rig:
         d.reopen = True
         start = self.count()
         oldest_start = d.oldest_s()
+        d.max_lag_ms = 0.0  # the /proc read just now blocked the loop; only the timed window counts
         phase = await self.timed(name, port, url)
         end = self.count()
         phase["dribblers"] = {
@@ -559,8 +580,10 @@ async def run_rounds(rig: Rig) -> list[dict[str, Any]]:
     opts = rig.opts
     url = f"http://{HOST}:{rig.origin_port}/slowloris"
     rounds: list[dict[str, Any]] = []
-    rig.dribblers.start()
     for index in range(opts.rounds):
+        waited = 0.0
+        if opts.wait_quiet:  # no dribbler is open now: the loop may wait in a thread
+            waited = await rig.loop.run_in_executor(None, wait_quiet, opts.wait_quiet, [rig.proxy_cpu, rig.load_cpu])
         phases: list[dict[str, Any]] = []
         if opts.control:
             phases.append(await rig.timed("A0", rig.origin_port, url))
@@ -575,9 +598,15 @@ async def run_rounds(rig: Rig) -> list[dict[str, Any]]:
             phases.append(await rig.slow_phase("B0", rig.origin_port, url))
         rig.dribblers.close_all()
         _, drained = await rig.settle(0)
-        rounds.append({"round": index + 1, "phases": phases, "dribblers_drained_s": round(drained, 2)})
+        rounds.append(
+            {
+                "round": index + 1,
+                "waited_for_quiet_s": waited,
+                "phases": phases,
+                "dribblers_drained_s": round(drained, 2),
+            }
+        )
         print(progress_line(index + 1, phases, seen), flush=True)
-    rig.dribblers.stop()
     return rounds
 
 
@@ -624,10 +653,16 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _others(phase: dict[str, Any]) -> str:
+    """What other processes (not the proxy) took of the proxy's CPU during the phase: a disturbed measurement."""
+    usage = phase.get("proxy_cpu_usage") or {}
+    return f"{usage['other_pct']:.1f} %" if "other_pct" in usage else "-"
+
+
 def table(rounds: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     head = (
-        f"{'round':>5}  {'phase':<24} {'n':>6} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>8}  {'proxy CPU':>9}  "
-        "dribblers at proxy start/end, closed by the proxy"
+        f"{'round':>5}  {'phase':<24} {'n':>6} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>8}  "
+        f"{'proxy CPU':>9} {'others':>6}  dribblers at proxy start/end, closed by the proxy"
     )
     lines = [head, "-" * len(head)]
     for rnd in rounds:
@@ -640,7 +675,7 @@ def table(rounds: list[dict[str, Any]], summary: dict[str, Any]) -> str:
             lines.append(
                 f"{rnd['round']:>5}  {NAMES[p['phase']]:<24} {p.get('n', 0):>6} "
                 + " ".join(f"{p.get(m, float('nan')):>7.0f}" for m in METRICS[:3])
-                + f" {p.get('max_us', float('nan')):>8.0f}  {p['proxy_cpu_pct']:>7.1f} %  {extra}"
+                + f" {p.get('max_us', float('nan')):>8.0f}  {p['proxy_cpu_pct']:>7.1f} % {_others(p):>6}  {extra}"
             )
     lines.append("-" * len(head))
     for name, med in summary["medians"].items():  # a phase some round has no latency for has no median
@@ -660,6 +695,19 @@ def table(rounds: list[dict[str, Any]], summary: dict[str, Any]) -> str:
 # main
 
 
+def disturbed(rounds: list[dict[str, Any]]) -> list[str]:
+    """Phases in which other processes took more than 10 % of the proxy's CPU: the machine was not quiet."""
+    hits = [
+        f"round {rnd['round']} {p['phase']} ({p['proxy_cpu_usage']['other_pct']:.0f} %)"
+        for rnd in rounds
+        for p in rnd["phases"]
+        if (p.get("proxy_cpu_usage") or {}).get("other_pct", 0) > 10
+    ]
+    if not hits:
+        return []
+    return [f"other processes took over 10 % of the proxy's CPU in {len(hits)} phase(s): {', '.join(hits)}"]
+
+
 def parse_args(argv: Sequence[str] | None) -> Options:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=5, help="A/B rounds (default 5)")
@@ -676,6 +724,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--control", action="store_true", help="also time GETs direct to the origin (A0, B0)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the proxy and the load to separate CPUs")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, 200 dribblers, 2 x 300 requests")
+    parser.add_argument(
+        "--wait-quiet", type=float, default=0.0, help="before each round, wait up to S seconds for idle CPUs (0)"
+    )
     parser.add_argument("--raw", action="store_true", help="also write every latency to the JSON")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON results ({DEFAULT_OUTPUT})")
     args = parser.parse_args(argv)
@@ -697,6 +748,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         pin=not args.no_pin,
         output=args.output,
         raw=args.raw,
+        wait_quiet=args.wait_quiet,
     )
 
 
@@ -743,7 +795,8 @@ async def amain(opts: Options, workdir: Path, report: dict[str, Any]) -> list[st
             os.sched_setaffinity(proxy.pid, {proxy_cpu})
         pin(load_cpu)  # this process (the dribblers) shares the load CPU with the origin and the client
         dribblers = Dribblers(loop, proxy.port, dribble_head(origin_port))
-        rig = Rig(opts, loop, proxy, origin_port, client_pipe, dribblers)
+        names = [None if cpu is None else str(cpu) for cpu in (proxy_cpu, load_cpu)]
+        rig = Rig(opts, loop, proxy, origin_port, client_pipe, dribblers, names[0], names[1])
         print(
             f"slowloris: trace-proxy pid {proxy.pid} on 127.0.0.1:{proxy.port} (CPU {proxy_cpu}), origin "
             f"127.0.0.1:{origin_port}, client, origin and {opts.dribblers} dribblers on CPU {load_cpu}",
@@ -824,6 +877,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{report['versions']['trace_proxy_build']}"
         )
         print(text)
+    for warning in disturbed(rounds):
+        print(f"slowloris: warning: {warning}")
+        report.setdefault("warnings", []).append(warning)
     if report.get("proxy_traceback"):
         errors.append("the proxy logged a traceback (see proxy_traceback in the JSON)")
     report["errors"] = errors
