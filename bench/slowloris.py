@@ -455,7 +455,6 @@ class Dribblers:
             "open_failed": dict(self.open_failed),
             "answered_still_open": self.answered_open(),
             "bytes_sent": self.bytes_sent,
-            "wheel_max_lag_ms": round(self.max_lag_ms, 2),
         }
 
 
@@ -523,14 +522,16 @@ class Rig:
             "warmup": opts.warmup,
             "interval_s": opts.interval_ms / 1e3,
         }
-        ticks, own, wall, cpus = tree_cpu_ticks(self.proxy.pid), time.process_time(), time.monotonic(), cpu_stat()
+        ticks, cpus = tree_cpu_ticks(self.proxy.pid), cpu_stat()
+        # This process's CPU and the wheel's lateness count from here: the /proc reads block the loop.
+        self.dribblers.max_lag_ms = 0.0
+        own, wall = time.process_time(), time.monotonic()
         self.client.send(command)
         ready = await self.loop.run_in_executor(None, self.client.poll, PHASE_TIMEOUT)
+        own, wall, lag = time.process_time() - own, time.monotonic() - wall, self.dribblers.max_lag_ms
         if not ready:
             raise RuntimeError(f"phase {name}: the client did not finish within {PHASE_TIMEOUT}s")
         result: dict[str, Any] = self.client.recv()
-        wall = time.monotonic() - wall
-        own = time.process_time() - own
         ticks = tree_cpu_ticks(self.proxy.pid) - ticks
         usage = cpu_usage(cpus, cpu_stat(), self.proxy_cpu, ticks) if self.proxy_cpu is not None else None
         latencies = result.pop("latencies_us")
@@ -541,6 +542,7 @@ class Rig:
             "errors": result["errors"],
             "proxy_cpu_pct": round(ticks / CLK_TCK / wall * 100, 1),
             "orchestrator_cpu_pct": round(own / wall * 100, 1),
+            "wheel_max_lag_ms": round(lag, 2),
             "proxy_cpu_usage": usage,  # busy_pct, and other_pct: what other processes took of the proxy's CPU
             "client_ports": result["client_ports"],
         }
@@ -559,7 +561,6 @@ class Rig:
         d.reopen = True
         start = self.count()
         oldest_start = d.oldest_s()
-        d.max_lag_ms = 0.0  # the /proc read just now blocked the loop; only the timed window counts
         phase = await self.timed(name, port, url)
         end = self.count()
         phase["dribblers"] = {
