@@ -105,6 +105,7 @@ DEFAULT_OUTPUT = BENCH_DIR / "results" / "slowloris-latest.json"
 WHEEL_SLOTS = 1000  # one slot per millisecond: a dribbler sends its next byte when the wheel passes its slot
 OPEN_PARALLEL = 100  # dribbler connections being opened at once
 SETTLE_TIMEOUT = 20.0  # longest wait for the proxy to hold (or to have dropped) the dribbler connections
+QUIET_PCT = 10.0  # a phase in which other processes took more of the proxy's CPU was disturbed
 PHASE_TIMEOUT = 300.0  # longest a measured phase may take before the run gives up
 
 
@@ -643,15 +644,23 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     for slow, calm in (("B", "A"), ("B0", "A0")):
         if slow not in by_phase or calm not in by_phase:
             continue
+        pairs = [(a, b) for a, b in zip(by_phase[calm], by_phase[slow], strict=True) if a.get("n") and b.get("n")]
         for metric in ("p50_us", "p99_us"):
-            per_round = [
-                b[metric] / a[metric] for a, b in zip(by_phase[calm], by_phase[slow], strict=True) if a.get(metric)
-            ]
+            per_round = [b[metric] / a[metric] for a, b in pairs]
+            quiet = [b[metric] / a[metric] for a, b in pairs if _quiet(a) and _quiet(b)]
             out["ratios"][f"{slow}/{calm} {metric[:-3]}"] = {
                 "per_round": [round(r, 3) for r in per_round],
                 "median": round(statistics.median(per_round), 3) if per_round else None,
+                "quiet_rounds": [round(r, 3) for r in quiet],  # both phases had the proxy's CPU to themselves
+                "quiet_median": round(statistics.median(quiet), 3) if quiet else None,
             }
     return out
+
+
+def _quiet(phase: dict[str, Any]) -> bool:
+    """Other processes took at most QUIET_PCT of the proxy's CPU during the phase (False when not known)."""
+    other = (phase.get("proxy_cpu_usage") or {}).get("other_pct")
+    return other is not None and other <= QUIET_PCT
 
 
 def _others(phase: dict[str, Any]) -> str:
@@ -688,7 +697,9 @@ def table(rounds: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     lines.append("")
     for name, ratio in summary["ratios"].items():
         per_round = " ".join(f"{r:.2f}" for r in ratio["per_round"])
-        lines.append(f"{name:<12} median over rounds {ratio['median']:.2f}   (rounds: {per_round})")
+        quiet = ratio["quiet_median"]
+        quiet_text = f"; {len(ratio['quiet_rounds'])} quiet round(s): {quiet:.2f}" if quiet is not None else ""
+        lines.append(f"{name:<12} median over rounds {ratio['median']:.2f}{quiet_text}   (rounds: {per_round})")
     return "\n".join(lines)
 
 
@@ -702,7 +713,7 @@ def disturbed(rounds: list[dict[str, Any]]) -> list[str]:
         f"round {rnd['round']} {p['phase']} ({p['proxy_cpu_usage']['other_pct']:.0f} %)"
         for rnd in rounds
         for p in rnd["phases"]
-        if (p.get("proxy_cpu_usage") or {}).get("other_pct", 0) > 10
+        if (p.get("proxy_cpu_usage") or {}).get("other_pct", 0) > QUIET_PCT
     ]
     if not hits:
         return []
