@@ -372,7 +372,9 @@ class Dribblers:
 
         await asyncio.gather(*(limited() for _ in range(count)))
 
-    async def _open_one(self) -> None:
+    async def _open_one(self, delay: float = 0.0) -> None:
+        if delay:
+            await asyncio.sleep(delay)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
@@ -394,7 +396,10 @@ class Dribblers:
         except BlockingIOError:
             return
         except OSError as exc:
-            self._closed(dribbler, f"reset ({type(exc).__name__})")
+            # A reset can discard an answer that had arrived but was not read yet: the label says so, and a proxy
+            # that closes with unread input (no lingering close) shows up here instead of under its answer.
+            reset = f"reset ({type(exc).__name__})"
+            self._closed(dribbler, f"{self._label(dribbler.answer)}, then {reset}" if dribbler.answer else reset)
             return
         if data:
             dribbler.answer += data
@@ -414,7 +419,10 @@ class Dribblers:
         self.close_ages.setdefault(label, []).append(self.loop.time() - dribbler.opened)
         if self.reopen:
             self.reopened += 1
-            task = self.loop.create_task(self._open_one())
+            # One the proxy refused at once (a connection limit) waits a second, so that refusals do not turn
+            # into a reconnection storm; one it closed after a while (the header timeout) is replaced at once.
+            quick = self.loop.time() - dribbler.opened < 1.0
+            task = self.loop.create_task(self._open_one(delay=1.0 if quick else 0.0))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
