@@ -548,7 +548,9 @@ class Rig:
             "interval_s": opts.interval_ms / 1e3,
         }
         ticks, everything, cpus = tree_cpu_ticks(self.proxy.pid), tree_cpu_ticks(os.getpid()), cpu_stat()
-        # This process's CPU and the wheel's lateness count from here: the /proc reads block the loop.
+        # This process's CPU and the wheel's lateness count from here: the /proc reads blocked the loop, so the
+        # wheel first catches up on the turns they delayed.
+        await asyncio.sleep(0.005)
         self.dribblers.max_lag_ms = 0.0
         own, wall = time.process_time(), time.monotonic()
         self.client.send(command)
