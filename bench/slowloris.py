@@ -12,17 +12,21 @@ origin, then measures, round after round, two phases:
 - **B**: the same, while ``--dribblers`` other connections (1,000) to the proxy each dribble a request head one byte
   per second, never finishing it. They are opened before the phase and kept open and dribbling until its end; one
   the proxy closes (after ``forward.header_timeout`` it should answer 408) is counted with the answer it got and
-  its age, and re-opened at once, so that the load stays the same through the phase.
+  its age, and re-opened, so that the load stays the same through the phase (at once; one the proxy refused at
+  once, as a connection limit would, after a second, so that refusals do not become a reconnection storm).
 
 Optionally (``--control``) each round also times the same GETs sent **directly to the origin**, without and with the
 dribblers running (A0/B0): the difference between those two is what the load generator itself costs the measured
-client, which then should not be mistaken for the proxy's doing.
+client, which then should not be mistaken for the proxy's doing. B0 follows B with the same dribblers, which are
+then up to about 11 s old: with a 10 s header timeout some are answered and replaced during B0, not during B.
 
 Why the phases are paced and not a closed loop at full speed: a closed loop keeps the single-threaded proxy 100 %
 busy, so the figures would measure queueing behind the other measured connections, and a phase would last under a
-second, in which a dribbler sends one byte. At 2,000 requests/s the proxy is mostly idle, as a sidecar is, a phase
-lasts about 4 s (well under the 10 s default header timeout), and what B adds to the latency is the dribblers' own
-cost: 1,000 reads of one byte per second, the head parser run on each, the bookkeeping of 1,000 more connections.
+second, in which a dribbler sends one byte. At about 1,700 requests/s (each connection waits 2 ms from one send to
+the next, rounded up to the event loop's millisecond timers) the proxy is mostly idle, as a sidecar is, a phase
+lasts about 5 s (the dribblers are about 6 s old at its end, under the 10 s default header timeout), and what B
+adds to the latency is the dribblers' own cost: 1,000 reads of one byte per second, the head parser run on each,
+the bookkeeping of 1,000 more connections.
 ``--interval-ms 0`` gives the closed loop.
 
 Where each part runs, so that the load generator is not what is measured:
@@ -51,7 +55,9 @@ TCP sockets of the proxy process whose local port is its listen port (the listen
 is a live dribbler. The soft RLIMIT_NOFILE is raised to the hard limit first; the proxy inherits it.
 
 Prints a table (p50, p90, p99, max in µs per phase and round, medians over the rounds, and the median over the
-rounds of the B/A ratio of p99, each round's pair measured within seconds of each other), and writes everything to
+rounds of the B/A ratio of p50 and p99, each round's pair measured within seconds of each other; also over the
+quiet rounds alone, those in which other processes took at most 10 % of either CPU in both phases, read from
+/proc/stat as bench.py does: on a shared machine that is the figure to trust), and writes everything to
 ``--output`` (default ``bench/results/slowloris-latest.json``, which git ignores). ``--header-timeout S`` and
 ``--max-connections N`` set ``forward.header_timeout`` / ``forward.max_connections`` in the proxy's configuration;
 without them the keys are not written, so the script also runs against a proxy that does not know them. The exit
@@ -712,6 +718,10 @@ def table(rounds: list[dict[str, Any]], summary: dict[str, Any]) -> str:
                 d = p["dribblers"]
                 closed = ", ".join(f"{n} {label}" for label, n in d["closed_by_proxy"].items()) or "none"
                 extra = f"{d['at_proxy_start']}/{d['at_proxy_end']}, closed: {closed}"
+                if d["answered_still_open"]:
+                    extra += f"; {d['answered_still_open']} answered, not closed"
+                if d["open_failed"]:
+                    extra += f"; opens failed: {d['open_failed']}"
             lines.append(
                 f"{rnd['round']:>5}  {NAMES[p['phase']]:<24} {p.get('n', 0):>6} "
                 + " ".join(f"{p.get(m, float('nan')):>7.0f}" for m in METRICS[:3])
