@@ -247,8 +247,10 @@ def origin_main(pipe: mpc.Connection, cpu: int | None, body_bytes: int) -> None:
 async def _measure(port: int, url: str, conns: int, requests: int, warmup: int, interval_s: float) -> dict[str, Any]:
     request = get(url)
     latencies: list[float] = []
+    sent_at: list[float] = []  # seconds from the start of the phase, for --raw
     errors: Counter[str] = Counter()
     ports: list[int] = []
+    started = time.perf_counter()
 
     async def one(index: int) -> None:
         try:
@@ -268,6 +270,7 @@ async def _measure(port: int, url: str, conns: int, requests: int, warmup: int, 
                     errors[f"status {response.status}"] += 1
                 elif number >= warmup:
                     latencies.append(elapsed * 1e6)
+                    sent_at.append(start - started)
                 if interval_s:
                     await asyncio.sleep(max(0.0, start + interval_s - time.perf_counter()))
         except (OSError, TimeoutError, asyncio.IncompleteReadError, AssertionError, ValueError) as exc:
@@ -275,10 +278,10 @@ async def _measure(port: int, url: str, conns: int, requests: int, warmup: int, 
         finally:
             await close_writer(writer)
 
-    started = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(conns)))
     return {
         "latencies_us": latencies,
+        "sent_at_s": sent_at,
         "errors": dict(errors),
         "client_ports": ports,
         "seconds": time.perf_counter() - started,
@@ -571,6 +574,7 @@ class Rig:
         usage = cpu_usage(cpus, after, self.proxy_cpu, ticks) if self.proxy_cpu is not None else None
         load_usage = cpu_usage(cpus, after, self.load_cpu, load_ticks) if self.load_cpu is not None else None
         latencies = result.pop("latencies_us")
+        sent_at = result.pop("sent_at_s")
         phase: dict[str, Any] = {
             "phase": name,
             **latency_stats(latencies),
@@ -583,8 +587,8 @@ class Rig:
             "load_cpu_usage": load_usage,  # the same for the CPU of the client, the origin and the dribblers
             "client_ports": result["client_ports"],
         }
-        if opts.raw:
-            phase["latencies_us"] = [round(v, 1) for v in latencies]
+        if opts.raw:  # [seconds into the phase the request was sent, its latency in µs], in the order of completion
+            phase["raw"] = [[round(t, 6), round(v, 1)] for t, v in zip(sent_at, latencies, strict=True)]
         if result["errors"]:
             self.errors.append(f"phase {name}: {result['errors']}")
         if not self.proxy.alive():
@@ -786,7 +790,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument(
         "--wait-quiet", type=float, default=0.0, help="before each round, wait up to S seconds for idle CPUs (0)"
     )
-    parser.add_argument("--raw", action="store_true", help="also write every latency to the JSON")
+    parser.add_argument(
+        "--raw", action="store_true", help="also write every request's send time and latency to the JSON"
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON results ({DEFAULT_OUTPUT})")
     args = parser.parse_args(argv)
     if args.quick:
