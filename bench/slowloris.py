@@ -48,7 +48,7 @@ Where each part runs, so that the load generator is not what is measured:
   preempts it the moment it wakes; a dribbler's byte can be a few milliseconds late, which a one-byte-per-second
   client does not notice. It runs on the **proxy's CPU** by default (``--dribblers-on proxy``): on loopback the
   sender's CPU also does the receiving side's network processing, which for real remote slow clients lands on the
-  proxy's host as well, and the direct control shows it leaves the measured client alone (B0/A0 of p99 0.9 on
+  proxy's host as well, and the direct control shows it leaves the measured client alone (B0/A0 of p99 0.9-1.0 on
   the machine it was written on). On the client's and origin's CPU instead (``--dribblers-on load``), even at
   SCHED_IDLE it doubled to tripled the control's p99 (B0/A0 1.5-2.9 at p50 1.0), which would be blamed on the proxy.
 
