@@ -505,6 +505,7 @@ def fuzzer(proxy: ProxyProcess) -> Iterator[Fuzzer]:
 
 
 @pytest.mark.timeout(120 + EXAMPLES + 600)  # the examples, plus Hypothesis's shrinking of a failure (5 min at most)
+@pytest.mark.slow
 @settings(**_SETTINGS)
 @given(example=grammar.examples())
 def test_fuzz(fuzzer: Fuzzer, example: list[Connection]) -> None:

@@ -98,6 +98,7 @@ async def test_a_head_sent_slowly_but_in_time_is_served(proxy_factory: ProxyFact
 SLOW_CLIENTS = 1000
 
 
+@pytest.mark.slow
 async def test_a_thousand_dribbling_clients_do_not_stop_normal_requests(
     proxy_factory: ProxyFactory, raw_origin: RawOrigin
 ) -> None:
