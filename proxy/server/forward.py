@@ -201,18 +201,19 @@ class ClientConnection(asyncio.Protocol):
                     self.transport.close()
                     return None
                 return True
-            if self._tunnel_buf is not None:
-                self._eofs += 1
-                self._client_eof = True  # passed on once the tunnel or upgrade is established
-                return True
             reading = self._reading
             if reading is not None:
-                # Half-closed inside a request body: that request can never be completed. Unless its answer has
-                # begun (an origin that answered early), the origin's half request is dropped and the client told.
+                # Half-closed inside a request body (an Upgrade request's too): that request can never be
+                # completed. Unless its answer has begun (an origin that answered early), the origin's half request
+                # is dropped and the client told.
                 up = reading.upstream
                 if reading is not self.current or up is None or not up.response_started:
                     self._reject(400, "the client closed its side before the request body ended", "http_request_error")
                     return None
+            if self._tunnel_buf is not None:
+                self._eofs += 1
+                self._client_eof = True  # passed on once the tunnel or upgrade is established
+                return True
             # A client that half-closes after its request still gets the response.
             self._input_done = True
             return None if self.current is None else True

@@ -205,6 +205,22 @@ async def test_upgrade_request_body_split_over_reads(proxy: ProxyProcess, raw_or
     assert origin.requests[0].body == b"hello"
 
 
+async def test_upgrade_request_whose_body_never_comes(proxy: ProxyProcess, raw_origin: RawOrigin) -> None:
+    """An Upgrade request announcing a body, then the client's half-close without it: a 400 at once, as for any
+    request whose body the client cut short (found by the fuzzer: it waited for the body forever)."""
+    head = b"GET %b HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\nContent-Length: 1000\r\n\r\n"
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        writer.write(head % raw_origin.url("/never").encode() + b"partial")
+        writer.write_eof()
+        response = await http.read_response(reader)
+        await http.expect_eof(reader)
+    finally:
+        await http.close_writer(writer)
+    assert response.status == 400
+    assert b"before the request body ended" in response.body
+
+
 async def test_upgrade_accepted_after_the_body(proxy: ProxyProcess, raw_origin_factory: RawOriginFactory) -> None:
     """An origin that reads the body, then switches: the body was the request's, what follows is tunnelled."""
 
