@@ -520,6 +520,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _reject(self, status: int, message: str, proxy_error: str) -> None:
         """Answer a request the proxy will not forward; the connection closes after it."""
+        if self._discarding:
+            return  # already answered and closing (llhttp goes on with the rest of a read after a refusal)
         self._input_done = True
         self._server.stats.rejected(status)
         body = error_response(status, message, proxy_error)
@@ -576,7 +578,7 @@ class ClientConnection(asyncio.Protocol):
                 peer.transport.abort()
             if self._splice is not None:
                 self._splice.close()
-            if begun or self.transport.is_closing():
+            if begun or self._discarding or self.transport.is_closing():
                 self.transport.abort()
                 return
             self._stats.rejected(500)

@@ -463,6 +463,17 @@ async def test_nothing_pipelined_behind_a_loop_request_is_forwarded(proxy: Proxy
     assert [r.target for r in raw_origin.requests] == [b"/warm", b"/after"]
 
 
+async def test_a_refusal_ends_the_read_it_came_in(proxy: ProxyProcess, raw_origin: RawOrigin) -> None:
+    """An HTTP/1.0 request to the proxy itself (508, closing) with a body, then more bytes in the same write: llhttp
+    goes on parsing after the refusal and finds data after a request that closes the connection. The 508 is the
+    one answer, and nothing is written after it (the write after the half-close logged tracebacks)."""
+    loop = b"PATCH http://127.0.0.1:%d/ HTTP/1.0\r\nContent-Length: 4\r\n\r\nbody" % proxy.port
+    response = await http.answer_then_close(proxy.port, loop + get(raw_origin.url("/behind")))
+    assert_error(response, 508, "loop")
+    await assert_still_serving(proxy, raw_origin, "/after")
+    assert [r.target for r in raw_origin.requests] == [b"/after"]
+
+
 async def test_bad_connections_do_not_disturb_other_clients(
     proxy_factory: ProxyFactory, raw_origin_factory: RawOriginFactory
 ) -> None:
