@@ -454,7 +454,7 @@ class ClientConnection(asyncio.Protocol):
             self._close()
         elif self._queue:
             self._next()
-        elif self._tunnel_buf is not None:
+        elif self._holding_for_upgrade():
             # The last request asked to upgrade and llhttp took what followed it for the new protocol's bytes; the
             # origin's ordinary answer says it was not.
             self._upgrade_refused()
@@ -711,6 +711,13 @@ class ClientConnection(asyncio.Protocol):
         exchange.body_done = True
         return data[len(body) :]
 
+    def _holding_for_upgrade(self) -> bool:
+        """What the client sent after its last request is held until the origin answers that request's Upgrade.
+
+        (A method, not an inline test: where this connection has just set `_tunnel_buf` to None, mypy would keep it
+        narrowed to None across the calls that set it again, and the compiled build would check it as None.)"""
+        return self._tunnel_buf is not None
+
     def _upgrade_refused(self) -> None:
         """The origin answered an Upgrade request with an ordinary response: the connection stays HTTP, and what the
         client sent after its request (held, not relayed) is parsed as the next request, strictly as any other."""
@@ -727,7 +734,7 @@ class ClientConnection(asyncio.Protocol):
         if held:
             self.data_received(b"".join(held))
         if eof:
-            if self._tunnel_buf is not None:  # the held bytes ended in another Upgrade request: the EOF waits with it
+            if self._holding_for_upgrade():  # the held bytes ended in another Upgrade request: the EOF waits with it
                 self._eofs = 1
                 self._client_eof = True
             else:
