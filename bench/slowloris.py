@@ -111,7 +111,7 @@ from bench import (  # noqa: E402
     wait_quiet,
 )
 from tests.helpers.http import close_writer, get, open_raw, read_response  # noqa: E402
-from tests.helpers.proxy_process import ProxyProcess, launch_proxy  # noqa: E402
+from tests.helpers.proxy_process import ProxyProcess, launch_proxy, tcp_sockets  # noqa: E402
 
 HOST = "127.0.0.1"
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "slowloris-latest.json"
@@ -171,33 +171,9 @@ def latency_stats(latencies_us: Sequence[float]) -> dict[str, float | int]:
 
 
 def proxy_sockets(pid: int, port: int) -> list[tuple[int, str]]:
-    """(peer port, TCP state in hex) of every TCP socket process `pid` holds whose local port is `port`, the
-    listening socket left out. Unlike tests/helpers/proxy_process.local_tcp_ports this needs the peer and the state
-    of each socket, not only the set of local ports."""
-    inodes: set[str] = set()
-    fd_dir = Path(f"/proc/{pid}/fd")
-    for fd in fd_dir.iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    found: dict[str, tuple[int, str]] = {}
-    # The kernel writes these tables a page at a time, so one read of a table that changes meanwhile can skip or
-    # repeat rows: the rows are keyed by inode, and the union of two reads is taken.
-    for table in ("/proc/net/tcp", "/proc/net/tcp6") * 2:
-        try:
-            rows = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            fields = row.split()
-            if len(fields) <= 9 or fields[9] not in inodes or fields[3] == "0A":  # 0A: LISTEN
-                continue
-            if int(fields[1].rsplit(":", 1)[1], 16) == port:
-                found[fields[9]] = (int(fields[2].rsplit(":", 1)[1], 16), fields[3])
-    return list(found.values())
+    """(peer port, TCP state) of every TCP socket process `pid` holds whose local port is `port`, the listening
+    socket left out."""
+    return [(s.remote_port, s.state) for s in tcp_sockets(pid) if s.local_port == port and s.state != "LISTEN"]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -262,8 +262,10 @@ def tcp_sockets(pid: int) -> list[TcpSocket]:
             continue
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
-    found: list[TcpSocket] = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    found: dict[str, TcpSocket] = {}
+    # The kernel writes these tables a page at a time, so one read of a table that changes meanwhile can skip or
+    # repeat rows: the rows are keyed by inode, and the union of two reads is taken.
+    for table in ("/proc/net/tcp", "/proc/net/tcp6") * 2:
         try:
             rows = Path(table).read_text().splitlines()[1:]
         except OSError:
@@ -272,8 +274,8 @@ def tcp_sockets(pid: int) -> list[TcpSocket]:
             fields = row.split()
             if len(fields) > 9 and fields[9] in inodes:
                 local, remote = fields[1].rsplit(":", 1)[1], fields[2].rsplit(":", 1)[1]
-                found.append(TcpSocket(int(local, 16), int(remote, 16), TCP_STATES.get(fields[3], fields[3])))
-    return found
+                found[fields[9]] = TcpSocket(int(local, 16), int(remote, 16), TCP_STATES.get(fields[3], fields[3]))
+    return list(found.values())
 
 
 def local_tcp_ports(pid: int) -> set[int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from tests.helpers.http import Headers, header_values
 
@@ -216,28 +217,34 @@ def _request(data: bytes, start: int) -> Request:
     return request
 
 
-def read_requests(data: bytes, tunnel_after: Callable[[Request], bool] = lambda request: False) -> Stream:
-    """The requests in the bytes an origin received on one connection. After a request for which `tunnel_after`
-    is true (an upgrade the origin accepted) the rest is a tunnel's and is not read."""
+def _read_all(data: bytes, one: Callable[[bytes, int], Any], tunnel_after: Callable[[Any], bool]) -> Stream:
+    """The messages `one` reads from `data`, one after the other, up to the first problem, the end of the bytes,
+    or a message after which they are a tunnel's."""
     stream = Stream(messages=[])
-    requests: list[Request] = []
-    stream.messages = requests
+    messages: list[Any] = []
+    stream.messages = messages
     pos = 0
     while pos < len(data):
         try:
-            request = _request(data, pos)
+            message = one(data, pos)
         except Malformed as exc:
             stream.problem = str(exc)
             return stream
         except Incomplete:
             stream.incomplete = True
             return stream
-        requests.append(request)
-        pos = request.end
-        if tunnel_after(request):
+        messages.append(message)
+        pos = message.end
+        if tunnel_after(message):
             stream.tunnel_at = pos
             return stream
     return stream
+
+
+def read_requests(data: bytes, tunnel_after: Callable[[Request], bool] = lambda request: False) -> Stream:
+    """The requests in the bytes an origin received on one connection. After a request for which `tunnel_after`
+    is true (an upgrade the origin accepted) the rest is a tunnel's and is not read."""
+    return _read_all(data, _request, tunnel_after)
 
 
 def _response(data: bytes, start: int) -> Response:
@@ -263,22 +270,4 @@ def _response(data: bytes, start: int) -> Response:
 
 def read_responses(data: bytes) -> Stream:
     """The responses in the bytes a client received on one connection, up to a tunnel if one was opened."""
-    stream = Stream(messages=[])
-    responses: list[Response] = []
-    stream.messages = responses
-    pos = 0
-    while pos < len(data):
-        try:
-            response = _response(data, pos)
-        except Malformed as exc:
-            stream.problem = str(exc)
-            return stream
-        except Incomplete:
-            stream.incomplete = True
-            return stream
-        responses.append(response)
-        pos = response.end
-        if response.tunnel:
-            stream.tunnel_at = pos
-            return stream
-    return stream
+    return _read_all(data, _response, lambda response: bool(response.tunnel))

@@ -132,38 +132,29 @@ async def test_upgrade_request_body_reaches_the_origin_and_its_answer_the_client
     assert origin.framing_errors == []
 
 
-async def test_refused_upgrades_one_behind_the_other_then_the_clients_close(
-    proxy: ProxyProcess, raw_origin: RawOrigin
+UPGRADE = b"GET %b HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [(UPGRADE, UPGRADE), (b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n", UPGRADE)],
+    ids=["two-upgrades", "request-then-upgrade"],
+)
+async def test_refused_upgrade_pipelined_then_the_client_closes(
+    proxy: ProxyProcess, raw_origin: RawOrigin, first: bytes, second: bytes
 ) -> None:
-    """Two Upgrade requests in one write, then the client half-closes: both refusals are answered in order, and
-    the connection closes after the second (the half-close, seen while the first was in flight, was lost)."""
-    upgrade = b"GET %b HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+    """Two requests in one write, the second (or both) asking to upgrade, then the client's half-close: both are
+    answered in order and the connection closes after the second (the half-close was lost when it came while a
+    refused Upgrade was in flight; an Upgrade queued behind a request was never started)."""
     reader, writer = await http.open_raw(proxy.port)
     try:
-        writer.write(upgrade % raw_origin.url("/one").encode() + upgrade % raw_origin.url("/two").encode())
+        writer.write(first % raw_origin.url("/one").encode() + second % raw_origin.url("/two").encode())
         writer.write_eof()
-        first = await http.read_response(reader)
-        second = await http.read_response(reader)
+        answers = [await http.read_response(reader), await http.read_response(reader)]
         await http.expect_eof(reader)
     finally:
         await http.close_writer(writer)
-    assert (first.body, second.body) == (b"ok /one", b"ok /two")
-
-
-async def test_refused_upgrade_pipelined_behind_a_request(proxy: ProxyProcess, raw_origin: RawOrigin) -> None:
-    """A GET, then an Upgrade request, in one write, then the client's half-close: both are answered, in order (the
-    upgrade, queued behind the GET, was never started), and the connection closes."""
-    upgrade = b"GET %b HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
-    reader, writer = await http.open_raw(proxy.port)
-    try:
-        writer.write(http.get(raw_origin.url("/plain")) + upgrade % raw_origin.url("/up").encode())
-        writer.write_eof()
-        first = await http.read_response(reader)
-        second = await http.read_response(reader)
-        await http.expect_eof(reader)
-    finally:
-        await http.close_writer(writer)
-    assert (first.body, second.body) == (b"ok /plain", b"ok /up")
+    assert [a.body for a in answers] == [b"ok /one", b"ok /two"]
 
 
 async def test_upgrade_in_http10_is_ignored(proxy: ProxyProcess, raw_origin: RawOrigin) -> None:
