@@ -14,7 +14,11 @@ from setuptools import setup
 # The per-request path: parsing and planning, the two protocols, the propagation core and the counters.
 COMPILED_MODULES = [
     "proxy/server/http1.py",
-    "proxy/server/forward.py",
+    "proxy/server/downstream.py",
+    "proxy/server/exchange.py",
+    "proxy/server/routing.py",
+    "proxy/server/tunnel.py",
+    "proxy/server/connection_state.py",
     "proxy/server/upstream.py",
     "proxy/server/splice.py",
     "proxy/stats.py",

@@ -75,18 +75,22 @@ def run(count: int) -> float:
 
     from proxy.app import build_propagator
     from proxy.config import SentrySettings, Settings
-    from proxy.server.forward import ClientConnection
+    from proxy.server.downstream import DownstreamConnection
     from proxy.server.http1 import RequestPolicy
-    from proxy.server.listener import ForwardServer
+    from proxy.server.listener import Listener
+    from proxy.server.routing import ForwardRouter
+    from proxy.server.services import ConnectionServices
     from proxy.server.upstream import UpstreamConnection
 
     loop = uvloop.new_event_loop()
     # As bench.py runs trace-proxy: a DSN and rate 1.0, so every request starts a trace with a full DSC.
     sentry = SentrySettings(dsn="https://pk123@o42.ingest.sentry.io/7", traces_sample_rate=1.0)
     policy = RequestPolicy.create(build_propagator(Settings(sentry=sentry), {}), ())
-    server = ForwardServer(loop, policy, host="127.0.0.1", port=3128, connect_timeout=5.0, idle_timeout=3600.0)
+    services = ConnectionServices(loop, connect_timeout=5.0, idle_timeout=3600.0)
+    router = ForwardRouter(policy)
+    server = Listener(services, router, name="forward", host="127.0.0.1", port=3128, idle_timeout=3600.0)
     client_side, origin_side = Transport(), Transport()
-    client = ClientConnection(server)
+    client = DownstreamConnection(services, router, server)
     client.connection_made(client_side)  # type: ignore[arg-type]
     origin = UpstreamConnection(server.pool, ("127.0.0.1", 8080))
     origin.connection_made(origin_side)  # type: ignore[arg-type]
@@ -135,9 +139,9 @@ def main() -> None:
     parser.add_argument("count", nargs="?", type=int, default=200000, help="exchanges to time (default 200000)")
     parser.add_argument("--instructions", action="store_true", help="count instructions per exchange (callgrind)")
     args = parser.parse_args()
-    import proxy.server.forward
+    import proxy.server.http1
 
-    build = "compiled" if not proxy.server.forward.__file__.endswith(".py") else "interpreted"
+    build = "compiled" if not proxy.server.http1.__file__.endswith(".py") else "interpreted"
     if args.instructions:
         print(f"{instructions()} instructions per request ({build}, Python {sys.version.split()[0]})")
     else:

@@ -22,7 +22,9 @@ from proxy.config import Address, Settings
 from proxy.server.admin import start_admin
 from proxy.server.admission import LOOPBACK, Network
 from proxy.server.http1 import RequestPolicy
-from proxy.server.listener import ForwardServer
+from proxy.server.listener import Listener
+from proxy.server.routing import ForwardRouter
+from proxy.server.services import ConnectionServices
 from proxy.tracing import Propagator, SystemIdSource
 from proxy.tracing.options import PropagationConfig
 
@@ -52,19 +54,25 @@ def build_propagator(settings: Settings, environ: Mapping[str, str]) -> Propagat
     return Propagator(config, SystemIdSource(), carrier or None)
 
 
-def _forward_server(settings: Settings, loop: asyncio.AbstractEventLoop, reuse_port: bool) -> ForwardServer:
+def _forward_server(settings: Settings, loop: asyncio.AbstractEventLoop, reuse_port: bool) -> Listener:
+    """The forward listener, with the process's connection services (`listener.services`, closed after its drain)."""
     fwd = settings.forward
-    policy = RequestPolicy.create(build_propagator(settings, os.environ), fwd.connect_ports)
-    return ForwardServer(
+    services = ConnectionServices(
         loop,
-        policy,
-        host=fwd.listen.host,
-        port=fwd.listen.port,
         connect_timeout=fwd.connect_timeout,
         idle_timeout=fwd.idle_timeout,
-        reuse_port=reuse_port,
-        splice_tunnels=fwd.splice_tunnels,
         splice_bodies=fwd.splice_bodies,
+        splice_tunnels=fwd.splice_tunnels,
+    )
+    policy = RequestPolicy.create(build_propagator(settings, os.environ), fwd.connect_ports)
+    return Listener(
+        services,
+        ForwardRouter(policy),
+        name="forward",
+        host=fwd.listen.host,
+        port=fwd.listen.port,
+        idle_timeout=fwd.idle_timeout,
+        reuse_port=reuse_port,
         allow_clients=fwd.allow_clients,
         header_timeout=fwd.header_timeout,
         max_connections=fwd.max_connections,
@@ -83,6 +91,7 @@ async def _serve(settings: Settings, *, reuse_port: bool, with_admin: bool) -> i
         await server.start()
     except OSError as exc:
         log.error("cannot listen on %s: %s", settings.forward.listen, exc.strerror or exc)
+        server.services.close()
         return 1
     admin = None
     if with_admin and settings.admin.listen is not None:
@@ -92,6 +101,7 @@ async def _serve(settings: Settings, *, reuse_port: bool, with_admin: bool) -> i
         except OSError as exc:
             log.error("cannot listen on %s (admin.listen): %s", address, exc.strerror or exc)
             await server.drain(0)
+            server.services.close()
             return 1
     log.info(
         "trace-proxy listening on %s (pid %d, %s)%s",
@@ -103,6 +113,7 @@ async def _serve(settings: Settings, *, reuse_port: bool, with_admin: bool) -> i
     await stop.wait()
     log.info("shutting down: draining for up to %gs", settings.forward.shutdown_grace)
     await server.drain(settings.forward.shutdown_grace)
+    server.services.close()
     if admin is not None:
         await admin.cleanup()
     log.info("stopped")

@@ -1,19 +1,19 @@
-"""The forward listener as a whole: its socket, its connections, idle timeouts and the drain on shutdown."""
+"""A listener as a whole: its socket, who it admits, its connections, their timeouts and the drain on shutdown.
+
+Front ends differ only in the router their connections are given (routing.py); every listener of a process shares
+one `ConnectionServices` (the origin pool, the exchange observers)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import socket
-from collections.abc import Coroutine
-from typing import Any
 
 from proxy.server.admission import LOOPBACK, ClientAllowList, Network
-from proxy.server.forward import ClientConnection
-from proxy.server.http1 import RequestPolicy
+from proxy.server.downstream import DownstreamConnection
 from proxy.server.log_limit import RateLimitedLog
-from proxy.server.upstream import Key, UpstreamPool
-from proxy.stats import Stats
+from proxy.server.routing import Router
+from proxy.server.services import ConnectionServices
 
 log = logging.getLogger(__name__)
 
@@ -21,31 +21,32 @@ _LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"})
 _REFUSAL_LOG_SECONDS = 10.0  # at most one line this often about refused or surplus connections
 
 
-class ForwardServer:
-    """Owns everything shared by the client connections of one process."""
+class Listener:
+    """One listening socket and the client connections it accepted (`name` says which, in logs: "forward")."""
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
-        policy: RequestPolicy,
+        services: ConnectionServices,
+        router: Router,
         *,
+        name: str,
         host: str,
         port: int,
-        connect_timeout: float,
         idle_timeout: float,
         reuse_port: bool = False,
-        splice_tunnels: bool = True,
-        splice_bodies: bool = True,
         allow_clients: tuple[Network, ...] = LOOPBACK,
         header_timeout: float = 10.0,
         max_connections: int = 10000,
     ) -> None:
+        loop = services.loop
+        self.services = services
+        self.router = router
+        self.name = name
         self.loop = loop
-        self.policy = policy
         self.now = loop.time
-        self.pool = UpstreamPool(loop, connect_timeout, idle_timeout, splice_bodies)
-        self.stats = Stats()
-        self.connections: set[ClientConnection] = set()
+        self.pool = services.pool
+        self.stats = services.stats
+        self.connections: set[DownstreamConnection] = set()
         self._host = host
         self._port = port
         self._idle_timeout = idle_timeout
@@ -56,17 +57,15 @@ class ForwardServer:
         self._refused_log = RateLimitedLog(log, _REFUSAL_LOG_SECONDS, loop.time)
         self._surplus_log = RateLimitedLog(log, _REFUSAL_LOG_SECONDS, loop.time)
         self._reuse_port = reuse_port
-        self.splice_tunnels = splice_tunnels
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.TimerHandle | None = None
-        self.self_keys: frozenset[Key] = frozenset()
         self.draining = False
         self._all_closed = asyncio.Event()
 
     async def start(self) -> None:
+        services, router = self.services, self.router
         self._server = await self.loop.create_server(
-            lambda: ClientConnection(self),
+            lambda: DownstreamConnection(services, router, self),
             self._host,
             self._port,
             reuse_address=True,
@@ -76,32 +75,21 @@ class ForwardServer:
         ports = {s.getsockname()[1] for s in self._server.sockets}
         self._port = ports.pop()
         names = _LOOPBACK_NAMES | {self._host, socket.gethostname()}
-        self.self_keys = frozenset((name, self._port) for name in names)
+        router.listening_on(frozenset((name, self._port) for name in names))
         self._schedule_sweep()
 
     @property
     def port(self) -> int:
         return self._port
 
-    def spawn(self, coro: Coroutine[Any, Any, None], conn: ClientConnection, stage: str) -> None:
-        """Run `coro` for `conn`; should it raise, `conn` answers its client (`stage` says what was being done)
-        instead of waiting forever on a task that died."""
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-
-        def done(task: asyncio.Task[None]) -> None:
-            self._tasks.discard(task)
-            if not task.cancelled() and (exc := task.exception()) is not None:
-                conn.internal_error(exc, stage)
-
-        task.add_done_callback(done)
-
-    def connection_opened(self, conn: ClientConnection) -> None:
+    def connection_opened(self, conn: DownstreamConnection) -> None:
         """Admit a new client connection: past max_connections it is closed at once, from an address outside
         allow_clients it gets a 403; both are logged, at most one line per kind every few seconds."""
         if len(self.connections) >= self.max_connections:
             self._surplus_log.warning(
-                "forward.max_connections (%d) reached: new client connections are closed at once", self.max_connections
+                "%s.max_connections (%d) reached: new client connections are closed at once",
+                self.name,
+                self.max_connections,
             )
             conn.transport.abort()
             return
@@ -109,13 +97,13 @@ class ForwardServer:
         peer = conn.transport.get_extra_info("peername")
         host = str(peer[0]) if isinstance(peer, tuple) and peer else "an unknown address"
         if not self.allow.allows(host):
-            self._refused_log.warning("refused a client from %s: not in forward.allow_clients", host)
-            conn.refuse(403, f"client {host} may not use this proxy (forward.allow_clients)", "http_request_denied")
+            self._refused_log.warning("refused a client from %s: not in %s.allow_clients", host, self.name)
+            conn.refuse(403, f"client {host} may not use this proxy ({self.name}.allow_clients)", "http_request_denied")
             return
         if self.draining:
             conn.closing_after_response = True
 
-    def connection_closed(self, conn: ClientConnection) -> None:
+    def connection_closed(self, conn: DownstreamConnection) -> None:
         self.connections.discard(conn)
         if self.draining and not self.connections:
             self._all_closed.set()
@@ -146,12 +134,12 @@ class ForwardServer:
         finally:
             self._schedule_sweep()
 
-    def _sweep_connection(self, conn: ClientConnection, limit: float, head_limit: float) -> None:
+    def _sweep_connection(self, conn: DownstreamConnection, limit: float, head_limit: float) -> None:
         since = conn.head_since
         if since and since < head_limit and conn.current is None:
             conn.head_timed_out(self._header_timeout)
             return
-        if conn.last_active >= limit or conn.tunnel_peer is not None:
+        if conn.last_active >= limit or conn.in_tunnel():
             return
         exchange = conn.current
         if exchange is None:
@@ -176,9 +164,6 @@ class ForwardServer:
             except TimeoutError:
                 log.warning("shutdown grace of %gs over: closing %d connections", grace, len(self.connections))
         for conn in list(self.connections):
-            conn.transport.abort()
+            conn.drained()
         if self._sweeper is not None:
             self._sweeper.cancel()
-        self.pool.close()
-        for task in list(self._tasks):
-            task.cancel()

@@ -17,15 +17,14 @@ import asyncio
 import errno
 import logging
 import socket
-from typing import TYPE_CHECKING
+import ssl
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
+from proxy.server.exchange import Exchange, ResponseSink
 from proxy.server.http1 import MAX_HEAD_BYTES, Framing, ResponsePlan, plan_response, plan_switching_protocols
 from proxy.server.splice import BodyPipe, socket_fd
-
-if TYPE_CHECKING:
-    from proxy.server.forward import ClientConnection, Exchange
+from proxy.server.tunnel import Tunnel
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +80,10 @@ class _Dechunker:
 
 
 class UpstreamConnection(asyncio.BufferedProtocol):
-    """One connection to an origin, serving one exchange at a time; in tunnel mode, a byte relay.
+    """One connection to an origin, serving one exchange at a time; or the target's end of a tunnel (`relay`).
+
+    It knows the client side only as a `ResponseSink` (exchange.py): any front end's connection can take its
+    responses.
 
     The response head is rewritten once; the body bytes go to the client as they arrived, while llhttp follows
     the framing to find where the response ends (no body callbacks, no copies). A response to an HTTP/1.0 client
@@ -124,23 +126,23 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         "out",
         "parser",
         "pool",
+        "relay",
         "reused",
+        "tls",
         "transport",
-        "tunnel",
-        "tunnel_eof",
     )
 
-    def __init__(self, pool: UpstreamPool, key: Key, tunnel: bool = False) -> None:
+    def __init__(self, pool: UpstreamPool, key: Key, relay: Tunnel | None = None, tls: bool = False) -> None:
         self.pool = pool
         self.key = key
+        self.tls = tls  # TLS to the origin: its socket never carries spliced bytes
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.parser = self._plain_parser = HttpResponseParser(self)
-        self.client: ClientConnection | None = None
+        self.client: ResponseSink | None = None
         self.exchange: Exchange | None = None
         self.reused = False
         self.closed = False
-        self.tunnel = tunnel
-        self.tunnel_eof = False
+        self.relay = relay  # the tunnel this connection is the target end of (CONNECT, accepted Upgrade)
         self.idle_since = 0.0
         self.last_active = 0.0
         self.got_bytes = False
@@ -162,14 +164,14 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self._spliceable = False  # a Content-Length body is on the way, and there is a pipe to splice it
         self._small_read = False  # the last read was into the small buffer: it may have left the body in the socket
         self._counting = False  # some of this body was spliced: the rest is counted, not parsed
-        self._expect_large = True  # the next response may have a body to splice (the last one did, or none yet)
+        self._expect_large = not tls  # the next response may have a body to splice (the last one did, or none yet)
         self._fd = -1  # the socket's descriptor, once a body was spliced from it
         self._read_into: memoryview = None  # type: ignore[assignment]  # the buffer get_buffer handed out
         self._held: bytes | None = None  # body bytes of this read that go out ahead of the spliced ones
 
     # -- binding -------------------------------------------------------------------------------------------------
 
-    def send_request(self, client: ClientConnection, exchange: Exchange, data: bytes) -> None:
+    def send_request(self, client: ResponseSink, exchange: Exchange, data: bytes) -> None:
         """Serve `exchange` for `client` on this (new or reused) connection, starting with `data`."""
         self.client = client
         self.exchange = exchange
@@ -179,18 +181,6 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self.parser = HttpResponseParser(_Dechunker(self))
         self.transport.write(data)
 
-    def start_tunnel(self, client: ClientConnection) -> None:
-        """Relay to `client` from now on, after what the target sent (or how it ended) before this."""
-        self.client = client
-        self.tunnel = True
-        if self.out:
-            client.transport.write(b"".join(self.out))
-            self.out.clear()
-        if self.tunnel_eof:  # the target half-closed before the client was attached
-            client.peer_eof()
-        if self.closed:
-            client.tunnel_peer_lost()
-
     @property
     def response_started(self) -> bool:
         return self._plan is not None
@@ -199,6 +189,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.relay is not None:
+            self.relay.bind_target(self.transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         # Small reads while the head of a large response or a large rest of a body is expected (`_spliceable`
@@ -206,7 +198,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         pool = self.pool
         if self.client is not None and (
             (self._spliceable and self._remaining >= _SPLICE_MIN_BYTES)
-            or (self._expect_large and not self._in_body and not self.tunnel and pool.body_pipe is not None)
+            or (self._expect_large and not self._in_body and self.relay is None and pool.body_pipe is not None)
         ):
             self._small_read = True
             buffer = self._read_into = pool.head_buffer
@@ -228,9 +220,15 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self._internal_error(exc, "relaying a response")
 
     def _received(self, data: bytes) -> None:
+        relay = self.relay
+        if relay is not None:
+            relay.from_target(data)
+            return
         client = self.client
-        if client is None or self.tunnel:
-            self._data_outside_exchange(client, data)
+        if client is None:
+            # Bytes on an idle pooled connection: the origin is out of step; never reuse it.
+            self.pool.discard(self)
+            self.transport.close()
             return
         self.got_bytes = True
         self.last_active = self.pool.coarse_now
@@ -303,7 +301,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         if self.complete:
             self._finish(client)
 
-    def _splice_body(self, client: ClientConnection, held: bytes) -> None:
+    def _splice_body(self, client: ResponseSink, held: bytes) -> None:
         """Send `held`, the body's bytes just read, and splice after them what the socket holds of the rest."""
         pipe = self.pool.body_pipe
         transport = client.transport
@@ -341,7 +339,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self.complete = True
             self._finish(client)
 
-    def _count_body(self, client: ClientConnection, data: bytes) -> None:
+    def _count_body(self, client: ResponseSink, data: bytes) -> None:
         """The rest of a body part of which was spliced: relayed up to its Content-Length, the end of the response."""
         remaining = self._remaining
         if len(data) > remaining:
@@ -356,24 +354,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self.complete = True
             self._finish(client)
 
-    def _data_outside_exchange(self, client: ClientConnection | None, data: bytes) -> None:
-        if self.tunnel:
-            if client is not None:
-                client.transport.write(data)
-            else:
-                self.out.append(data)  # a target that speaks first, before the 200 went out
-            return
-        # Bytes on an idle pooled connection: the origin is out of step; never reuse it.
-        self.pool.discard(self)
-        self.transport.close()
-
     def eof_received(self) -> bool | None:
         try:
-            if self.tunnel:
-                if self.client is not None:
-                    self.client.peer_eof()
-                else:
-                    self.tunnel_eof = True  # passed on by start_tunnel
+            if self.relay is not None:
+                self.relay.target_eof()
                 return True
         except Exception as exc:
             self._internal_error(exc, "relaying a tunnel")
@@ -384,11 +368,12 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.pool.discard(self)
         client = self.client
         self.client = None
-        if client is None:
-            return
+        relay = self.relay
         try:
-            if self.tunnel:
-                client.tunnel_peer_lost()
+            if relay is not None:
+                relay.target_lost()
+                return
+            if client is None:
                 return
             exchange = self.exchange
             if exchange is None:
@@ -400,11 +385,14 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                 return
             client.upstream_lost(exchange, self)
         except Exception as error:
-            client.internal_error(error, "handling the origin's close")
+            if client is not None:
+                client.internal_error(error, "handling the origin's close")
+            else:
+                log.error("internal error handling the close of a tunnel's target", exc_info=error)
 
     def _internal_error(self, exc: Exception, stage: str) -> None:
         """An exception nothing expected while serving the client: the client's connection answers for it (see
-        ClientConnection.internal_error), and this connection, in an unknown state, is dropped."""
+        DownstreamConnection.internal_error), and this connection, in an unknown state, is dropped."""
         client = self.client
         self.client = None
         self.exchange = None
@@ -482,7 +470,9 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self._keep_alive = parser.should_keep_alive()
         self._in_body = True
         self.dechunk = plan.dechunk
-        self._spliceable = framing is Framing.LENGTH and not plan.dechunk and self.pool.body_pipe is not None
+        self._spliceable = (
+            framing is Framing.LENGTH and not plan.dechunk and self.pool.body_pipe is not None and not self.tls
+        )
         if plan.head is head and framing is Framing.LENGTH and head_at >= 0:
             # The head goes out as the origin wrote it: relayed together with the body of the same read, uncopied.
             self._body_from = head_at
@@ -504,7 +494,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     # -- endings --------------------------------------------------------------------------------------------------
 
-    def _finish(self, client: ClientConnection) -> None:
+    def _finish(self, client: ResponseSink) -> None:
         exchange = self.exchange
         plan = self._plan
         assert exchange is not None and plan is not None
@@ -529,11 +519,11 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self.transport.close()
         client.response_complete(exchange, plan.close_client)
 
-    def _malformed(self, client: ClientConnection, reason: str) -> None:
+    def _malformed(self, client: ResponseSink, reason: str) -> None:
         message = f"{self.key[0]}:{self.key[1]} sent a malformed response: {reason}"
         self._failed(client, UpstreamError(502, message, "http_protocol_error"))
 
-    def _failed(self, client: ClientConnection, error: UpstreamError) -> None:
+    def _failed(self, client: ResponseSink, error: UpstreamError) -> None:
         exchange = self.exchange
         self.client = None
         self.exchange = None
@@ -546,11 +536,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         else:
             client.upstream_failed(exchange, error)
 
-    def _switch_protocols(self, client: ClientConnection, tail: bytes) -> None:
+    def _switch_protocols(self, client: ResponseSink, tail: bytes) -> None:
         exchange = self.exchange
         assert exchange is not None
         exchange.status = 101
-        self.tunnel = True
         self.exchange = None
         client.transport.write(b"".join(self.out))
         self.out.clear()
@@ -561,7 +550,11 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
 class UpstreamPool:
     """Idle keep-alive connections per origin, reused most-recent first so cold ones age out; and what the
-    connections share: their read buffers (a read is consumed before the next one starts) and the body pipe."""
+    connections share: their read buffers (a read is consumed before the next one starts) and the body pipe.
+
+    An origin is (TLS or not, host, port): a connection over TLS is never handed out for plain HTTP to the same
+    host and port, nor the reverse (one table per kind, each keyed by (host, port), so the usual lookup builds no
+    key). One pool serves every listener of a process."""
 
     def __init__(
         self,
@@ -576,17 +569,18 @@ class UpstreamPool:
         self.body_pipe = BodyPipe.open() if splice_bodies else None
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
-        self._idle: dict[Key, list[UpstreamConnection]] = {}
+        self._idle: dict[Key, list[UpstreamConnection]] = {}  # plain HTTP
+        self._idle_tls: dict[Key, list[UpstreamConnection]] = {}
         self.now = loop.time
         # Activity is stamped with this copy of the clock, refreshed by the sweeper at each tick: a stamp per read
         # costs an attribute load instead of a call, and idle timeouts need no finer grain than the tick.
         self.coarse_now = loop.time()
         self.max_idle_per_origin = 512
 
-    def acquire(self, key: Key) -> UpstreamConnection | None:
-        """The most recently used idle connection to `key`, or None. A connection leaves the pool when it closes
-        or misbehaves, so one found here is open unless its close is still on the way."""
-        idle = self._idle.get(key)
+    def acquire(self, key: Key, tls: bool = False) -> UpstreamConnection | None:
+        """The most recently used idle connection to `key` (over TLS or not), or None. A connection leaves the pool
+        when it closes or misbehaves, so one found here is open unless its close is still on the way."""
+        idle = (self._idle_tls if tls else self._idle).get(key)
         while idle:
             conn = idle.pop()
             if not conn.transport.is_closing():
@@ -596,24 +590,36 @@ class UpstreamPool:
 
     def release(self, conn: UpstreamConnection) -> None:
         conn.idle_since = self.coarse_now
-        idle = self._idle.get(conn.key)
+        table = self._idle_tls if conn.tls else self._idle
+        idle = table.get(conn.key)
         if idle is None:
-            idle = self._idle[conn.key] = []
+            idle = table[conn.key] = []
         idle.append(conn)
         if len(idle) > self.max_idle_per_origin:
             idle.pop(0).transport.close()
 
     def discard(self, conn: UpstreamConnection) -> None:
-        idle = self._idle.get(conn.key)
+        idle = (self._idle_tls if conn.tls else self._idle).get(conn.key)
         if idle and conn in idle:
             idle.remove(conn)
 
-    async def connect(self, host: str, port: int, tunnel: bool = False) -> UpstreamConnection:
-        """A new connection to host:port, or an UpstreamError naming why not (DNS, refused, timeout)."""
+    async def connect(
+        self, host: str, port: int, *, relay: Tunnel | None = None, tls: ssl.SSLContext | None = None
+    ) -> UpstreamConnection:
+        """A new connection to host:port, over TLS with `tls`, as the target end of `relay` if given; or an
+        UpstreamError naming why not (DNS, refused, timeout, TLS handshake)."""
         key = (host, port)
+        secure = tls is not None
+
+        def protocol() -> UpstreamConnection:
+            return UpstreamConnection(self, key, relay, secure)
+
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, conn = await self._loop.create_connection(lambda: UpstreamConnection(self, key, tunnel), host, port)
+                if tls is None:
+                    _, conn = await self._loop.create_connection(protocol, host, port)
+                else:
+                    _, conn = await self._loop.create_connection(protocol, host, port, ssl=tls, server_hostname=host)
         except TimeoutError:
             raise UpstreamError(
                 504,
@@ -624,6 +630,10 @@ class UpstreamPool:
             raise UpstreamError(502, f"DNS lookup of {host} failed: {exc.strerror}", "dns_error") from None
         except UnicodeError as exc:  # the resolver's IDNA encoding (split_authority refuses what it knows of it)
             raise UpstreamError(502, f"DNS lookup of {host} failed: {exc}", "dns_error") from None
+        except ssl.SSLError as exc:
+            reason = exc.reason or str(exc)
+            message = f"TLS handshake with {host}:{port} failed: {reason}"
+            raise UpstreamError(502, message, "tls_protocol_error") from None
         except ConnectionRefusedError:
             raise UpstreamError(502, f"connection to {host}:{port} refused", "connection_refused") from None
         except OSError as exc:
@@ -638,12 +648,13 @@ class UpstreamPool:
         """Close connections idle longer than idle_timeout (stamps lag the clock by up to one `tick`)."""
         self.coarse_now = now
         limit = now - self._idle_timeout - tick
-        for key in list(self._idle):
-            idle = self._idle[key]
-            while idle and idle[0].idle_since < limit:
-                idle.pop(0).transport.close()
-            if not idle:
-                del self._idle[key]
+        for table in (self._idle, self._idle_tls):
+            for key in list(table):
+                idle = table[key]
+                while idle and idle[0].idle_since < limit:
+                    idle.pop(0).transport.close()
+                if not idle:
+                    del table[key]
 
     def replace_body_pipe(self) -> None:
         """After a failed relay, which may have left bytes in the pipe."""
@@ -652,13 +663,14 @@ class UpstreamPool:
             self.body_pipe = BodyPipe.open()
 
     def close(self) -> None:
-        for idle in self._idle.values():
-            for conn in idle:
-                conn.transport.close()
-        self._idle.clear()
+        for table in (self._idle, self._idle_tls):
+            for idle in table.values():
+                for conn in idle:
+                    conn.transport.close()
+            table.clear()
         if self.body_pipe is not None:
             self.body_pipe.close()
             self.body_pipe = None
 
     def idle_count(self) -> int:
-        return sum(len(v) for v in self._idle.values())
+        return sum(len(v) for v in self._idle.values()) + sum(len(v) for v in self._idle_tls.values())

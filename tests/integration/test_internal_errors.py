@@ -17,14 +17,15 @@ from typing import Any
 import pytest
 import uvloop
 
-import proxy.server.forward
+import proxy.server.downstream
+import proxy.server.routing
 from proxy.app import _forward_server
 from proxy.config import Settings
-from proxy.server.listener import ForwardServer
+from proxy.server.listener import Listener
 from tests.helpers import http
 from tests.helpers.origin import RawConn, RawOrigin, serve_ok
 
-COMPILED = proxy.server.forward.__file__.endswith(".so")
+COMPILED = proxy.server.downstream.__file__.endswith(".so")
 
 
 class Injected(RuntimeError):
@@ -40,7 +41,7 @@ def start_settings(**forward: Any) -> Settings:
     )
 
 
-Scenario = Callable[[ForwardServer, RawOrigin], Awaitable[None]]
+Scenario = Callable[[Listener, RawOrigin], Awaitable[None]]
 
 
 def run(scenario: Scenario, origin_handler: Callable[[RawConn], Awaitable[None]] = serve_ok, **forward: Any) -> None:
@@ -56,6 +57,7 @@ def run(scenario: Scenario, origin_handler: Callable[[RawConn], Awaitable[None]]
             await asyncio.wait_for(scenario(server, origin), 30)
         finally:
             await server.drain(0)
+            server.services.close()
             await origin.close()
 
     uvloop.run(main())
@@ -75,7 +77,7 @@ def errors(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[[], list[loggi
     yield records
 
 
-async def assert_still_serving(server: ForwardServer, origin: RawOrigin) -> None:
+async def assert_still_serving(server: Listener, origin: RawOrigin) -> None:
     response = await http.exchange(server.port, http.get(origin.url("/after")))
     assert (response.status, response.body) == (200, b"ok /after")
 
@@ -86,10 +88,12 @@ class FaultyConnection:
     def __init__(self) -> None:
         self.last_active = 0.0
         self.head_since = 0.0
-        self.tunnel_peer = None
         self.current = None
         self.calls = 0
         self.transport = self
+
+    def in_tunnel(self) -> bool:
+        return False
 
     def close_if_idle(self) -> None:
         self.calls += 1
@@ -103,7 +107,7 @@ def test_sweeper_survives_a_failing_connection(errors: Callable[[], list[logging
     """A connection whose idle timeout raises is logged and dropped; the sweeper goes on, tick after tick, and still
     closes the other idle connections (it stopped for good at the first exception)."""
 
-    async def scenario(server: ForwardServer, origin: RawOrigin) -> None:
+    async def scenario(server: Listener, origin: RawOrigin) -> None:
         faulty = FaultyConnection()
         server.connections.add(faulty)  # type: ignore[arg-type]
         reader, writer = await http.open_raw(server.port)
@@ -137,7 +141,7 @@ def assert_internal_error(response: http.RawResponse, stage: str) -> None:
 def answered_500(path: str, stage: str) -> Scenario:
     """A GET of `path` is answered with the internal error of `stage`; the next request is served as usual."""
 
-    async def scenario(server: ForwardServer, origin: RawOrigin) -> None:
+    async def scenario(server: Listener, origin: RawOrigin) -> None:
         response = await http.exchange(server.port, http.get(origin.url(path)))
         assert_internal_error(response, stage)
         await assert_still_serving(server, origin)
@@ -147,14 +151,14 @@ def answered_500(path: str, stage: str) -> Scenario:
 
 @skip_compiled
 def test_planning(monkeypatch: pytest.MonkeyPatch, errors: Callable[[], list[logging.LogRecord]]) -> None:
-    real = proxy.server.forward.plan_request
+    real = proxy.server.routing.plan_request
 
     def plan_request(method: bytes, target: bytes, *args: Any) -> Any:
         if b"/fault" in target:
             raise Injected("planning failed")
         return real(method, target, *args)
 
-    monkeypatch.setattr(proxy.server.forward, "plan_request", plan_request)
+    monkeypatch.setattr(proxy.server.routing, "plan_request", plan_request)
 
     run(answered_500("/fault", "handling the request"))
     injected_once(errors)
@@ -167,12 +171,12 @@ def test_connecting(monkeypatch: pytest.MonkeyPatch, errors: Callable[[], list[l
     real = UpstreamPool.connect
     calls = 0
 
-    async def connect(self: UpstreamPool, host: str, port: int, tunnel: bool = False) -> Any:
+    async def connect(self: UpstreamPool, host: str, port: int, **options: Any) -> Any:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise Injected("connect failed")
-        return await real(self, host, port, tunnel)
+        return await real(self, host, port, **options)
 
     monkeypatch.setattr(UpstreamPool, "connect", connect)
 
@@ -184,18 +188,18 @@ def test_connecting(monkeypatch: pytest.MonkeyPatch, errors: Callable[[], list[l
 def test_relaying_a_request_body(
     monkeypatch: pytest.MonkeyPatch, errors: Callable[[], list[logging.LogRecord]]
 ) -> None:
-    from proxy.server.forward import ClientConnection
+    from proxy.server.downstream import DownstreamConnection
 
-    real = ClientConnection._send_body
+    real = DownstreamConnection._send_body
 
-    def send_body(self: ClientConnection, exchange: Any, data: bytes) -> None:
+    def send_body(self: DownstreamConnection, exchange: Any, data: bytes) -> None:
         if b"FAULT" in data:
             raise Injected("request body relay failed")
         real(self, exchange, data)
 
-    monkeypatch.setattr(ClientConnection, "_send_body", send_body)
+    monkeypatch.setattr(DownstreamConnection, "_send_body", send_body)
 
-    async def scenario(server: ForwardServer, origin: RawOrigin) -> None:
+    async def scenario(server: Listener, origin: RawOrigin) -> None:
         data = b"POST %b HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nFAULT" % origin.url("/upload").encode()
         response = await http.exchange(server.port, data)
         assert_internal_error(response, "handling the request")  # in llhttp's body callback
@@ -232,7 +236,7 @@ def test_relaying_a_response_body(
             await head_seen.wait()
             await conn.send(b"FAULT" + b"x" * 84)
 
-    async def scenario(server: ForwardServer, origin: RawOrigin) -> None:
+    async def scenario(server: Listener, origin: RawOrigin) -> None:
         reader, writer = await http.open_raw(server.port)
         try:
             writer.write(http.get(origin.url("/fault")))
@@ -259,7 +263,7 @@ async def echo(conn: RawConn) -> None:
         await conn.send(await conn.read_some())
 
 
-async def assert_tunnels_still_work(server: ForwardServer, origin: RawOrigin) -> None:
+async def assert_tunnels_still_work(server: Listener, origin: RawOrigin) -> None:
     reader, writer = await http.open_raw(server.port)
     try:
         writer.write(b"CONNECT %b HTTP/1.1\r\nHost: %b\r\n\r\n" % (origin.authority, origin.authority))
@@ -272,14 +276,14 @@ async def assert_tunnels_still_work(server: ForwardServer, origin: RawOrigin) ->
 
 @skip_compiled
 def test_opening_a_tunnel(monkeypatch: pytest.MonkeyPatch, errors: Callable[[], list[logging.LogRecord]]) -> None:
-    from proxy.server.upstream import UpstreamConnection
+    from proxy.server.tunnel import Tunnel
 
-    def start_tunnel(self: UpstreamConnection, client: Any) -> None:
+    def start(self: Tunnel, loop: Any) -> None:
         raise Injected("tunnel start failed")
 
-    monkeypatch.setattr(UpstreamConnection, "start_tunnel", start_tunnel)
+    monkeypatch.setattr(Tunnel, "start", start)
 
-    async def scenario(server: ForwardServer, origin: RawOrigin) -> None:
+    async def scenario(server: Listener, origin: RawOrigin) -> None:
         reader, writer = await http.open_raw(server.port)
         try:
             writer.write(b"CONNECT %b HTTP/1.1\r\nHost: %b\r\n\r\n" % (origin.authority, origin.authority))
@@ -316,7 +320,7 @@ def test_relaying_a_spliced_tunnel(
 
     monkeypatch.setattr(splice.SpliceTunnel, "_read", read)
 
-    async def scenario(server: ForwardServer, origin: RawOrigin) -> None:
+    async def scenario(server: Listener, origin: RawOrigin) -> None:
         reader, writer = await http.open_raw(server.port)
         try:
             writer.write(b"CONNECT %b HTTP/1.1\r\nHost: %b\r\n\r\n" % (origin.authority, origin.authority))

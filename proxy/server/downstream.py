@@ -1,10 +1,12 @@
-"""The forward-proxy listener: one protocol object per client connection, on the hot path of every request.
+"""A client connection, for every front end: one protocol object per connection, on the hot path of every request.
 
-The request head is parsed by llhttp (httptools) through callbacks, rewritten once by `http1.plan_request`, and
-written to a pooled origin connection; the body follows as the parser yields it.  Requests a client pipelines wait
-in order behind the one in flight.  CONNECT and accepted Upgrades turn the connection into a byte relay.  Nothing
-here logs per request, and no header becomes more than the (name, value) pair llhttp hands over: this is the code
-whose cost the benchmark measures.
+The request head is parsed by llhttp (httptools) through callbacks, planned once by the connection's router
+(routing.py: where it goes, the head the origin receives, the trace decision), and written to a pooled origin
+connection; the body follows as the parser yields it. Requests a client pipelines wait in order behind the one in
+flight. CONNECT and accepted Upgrades turn the connection into a byte relay (tunnel.py). The connection's state is
+one of `connection_state.State`; every exchange ends through `ExchangeEnds.end` (exchange.py), which tells the
+observers. Nothing here logs per request, and no header becomes more than the (name, value) pair llhttp hands
+over: this is the code whose cost the benchmark measures.
 """
 
 from __future__ import annotations
@@ -12,30 +14,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from proxy.server.http1 import (
-    MAX_HEAD_BYTES,
-    Framing,
-    RequestPlan,
-    RequestRejected,
-    error_response,
-    plan_connect,
-    plan_request,
-)
-from proxy.server.splice import SpliceTunnel, socket_fd
+from proxy.server.connection_state import State, check_transition
+from proxy.server.exchange import Exchange, Outcome
+from proxy.server.http1 import MAX_HEAD_BYTES, Framing, RequestRejected, error_response
+from proxy.server.routing import Router
+from proxy.server.services import ConnectionServices
+from proxy.server.splice import socket_fd
+from proxy.server.tunnel import Tunnel
 from proxy.server.upstream import UpstreamConnection, UpstreamError
-
-if TYPE_CHECKING:
-    from proxy.server.listener import ForwardServer
 
 log = logging.getLogger(__name__)
 
 _PIPELINE = 1  # a request waits behind the one in flight
 _UPSTREAM = 2  # the origin's socket buffer is full
-_PENDING = 4  # body bytes wait for an origin connection
+_PENDING = 4  # body bytes wait for an origin connection, or tunnel bytes for the tunnel to open
 _MAX_PENDING = 1 << 20
 # Requests that may wait behind the one in flight. Reading stops while any wait, but one read can hold thousands of
 # small pipelined requests, each a plan held in memory: past this many, the next one is answered 503 (after those
@@ -65,43 +61,31 @@ def _upgrade_body_length(body: Framing, headers: list[tuple[bytes, bytes]]) -> i
     raise RequestRejected(400, "an Upgrade request body without Content-Length")  # planning found one: not reached
 
 
-class Exchange:
-    """One proxied request: its plan, its body on the way, and the record a span is made from later."""
+class ConnectionOwner(Protocol):
+    """The listener that accepted a connection: it admits it, and keeps the set its timeouts and drain walk."""
 
-    __slots__ = (
-        "body_done",
-        "ended",
-        "pending",
-        "pending_size",
-        "plan",
-        "retried",
-        "started",
-        "status",
-        "upstream",
-    )
+    def connection_opened(self, conn: DownstreamConnection) -> None: ...
 
-    def __init__(self, plan: RequestPlan, now: float) -> None:
-        self.plan = plan
-        self.started = now
-        self.ended = 0.0
-        self.status = 0
-        self.body_done = plan.body is Framing.NONE
-        self.pending: list[bytes] | None = None  # body bytes that wait for an origin connection
-        self.pending_size = 0
-        self.upstream: UpstreamConnection | None = None
-        self.retried = False
+    def connection_closed(self, conn: DownstreamConnection) -> None: ...
 
 
-class ClientConnection(asyncio.Protocol):
-    """A client connection: parses requests, drives one exchange at a time, or relays a tunnel."""
+class DownstreamConnection(asyncio.Protocol):
+    """A client connection: parses requests, drives one exchange at a time, or relays a tunnel.
 
-    def __init__(self, server: ForwardServer) -> None:
-        self._server = server
-        self._policy = server.policy
-        self._pool = server.pool
-        self._now = server.now
-        self._stats = server.stats
-        self._self_keys = server.self_keys
+    What differs between front ends is the `router` it is given; what it shares with every other connection of the
+    process (the origin pool, the end of exchanges, tasks) is `services`; `owner` is the listener that accepted it.
+    `can_splice`: whether its socket may carry bytes spliced in the kernel (never a TLS connection's)."""
+
+    def __init__(
+        self, services: ConnectionServices, router: Router, owner: ConnectionOwner, can_splice: bool = True
+    ) -> None:
+        self._services = services
+        self._router = router
+        self._owner = owner
+        self._pool = services.pool
+        self._ends = services.ends
+        self._can_splice = can_splice
+        self.state = State.IDLE
         self._parser = HttpRequestParser(self)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self._url = b""
@@ -112,21 +96,23 @@ class ClientConnection(asyncio.Protocol):
         self.current: Exchange | None = None
         self._queue: deque[Exchange] = deque()
         self._paused = 0
-        self._input_done = False
+        self.input_done = False  # no further request will be read (the client half-closed, or asked to close)
         self._deferred_error: bytes | None = None
         self.closing_after_response = False
         self.last_active = 0.0
         self.head_since = 0.0  # when the request head under way began (0: none): forward.header_timeout
-        # tunnel state (CONNECT, accepted Upgrade)
-        self._tunnel_buf: list[bytes] | None = None
-        self.tunnel_peer: UpstreamConnection | None = None
-        self._eofs = 0  # half-closes seen in a tunnel, from either side: two end it
-        self._client_eof = False  # the client half-closed before the tunnel was established: passed on then
-        self._pending_tunnel_bytes = 0
-        self._splice: SpliceTunnel | None = None  # the tunnel is relayed in the kernel (see splice.py)
+        self._tunnel: Tunnel | None = None  # UPGRADING, CONNECTING, TUNNEL: the relay, open or not yet
         self._fd = -1  # the socket's descriptor, once a response body was spliced into it
-        self._discarding = False  # an error was answered: input is read and dropped until the close
         self._upgrade_body_left = 0  # body bytes of an Upgrade request still to come (llhttp leaves them to us)
+
+    def _enter(self, state: State) -> None:
+        """Change state, along the transitions connection_state allows (InvalidTransition otherwise)."""
+        check_transition(self.state, state)
+        self.state = state
+
+    def in_tunnel(self) -> bool:
+        """Relaying a tunnel: no request timeouts apply."""
+        return self.state is State.TUNNEL
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------------------
 
@@ -135,29 +121,22 @@ class ClientConnection(asyncio.Protocol):
         # The first request head is due from the connection's start: a client that connects and sends nothing
         # holds a descriptor as surely as one that dribbles.
         self.last_active = self.head_since = self._pool.coarse_now
-        self._server.connection_opened(self)
+        self._owner.connection_opened(self)
 
     def data_received(self, data: bytes) -> None:
         try:
             self.last_active = self._pool.coarse_now
-            if self._discarding:
+            tunnel = self._tunnel
+            if tunnel is not None:
+                if self._upgrade_body_left:
+                    data = self._upgrade_body(data)
+                    if not data:
+                        return
+                if tunnel.from_client(data):
+                    self._pause(_PENDING)
                 return
-            if self._tunnel_buf is not None:
-                peer = self.tunnel_peer
-                if peer is not None:
-                    peer.transport.write(data)
-                else:
-                    if self._upgrade_body_left:
-                        data = self._upgrade_body(data)
-                        if not data:
-                            return
-                    self._tunnel_buf.append(data)
-                    self._pending_tunnel_bytes += len(data)
-                    if self._pending_tunnel_bytes > _MAX_PENDING:
-                        self._pause(_PENDING)
-                return
-            if self._input_done:
-                return
+            if self.input_done:
+                return  # LINGERING, CLOSED, or no request is read after the last one: dropped
             if self._in_head:
                 if not self.head_since:
                     self.head_since = self.last_active
@@ -167,11 +146,18 @@ class ClientConnection(asyncio.Protocol):
             except HttpParserUpgrade as upgrade:
                 # What follows the request is the new protocol's, once the origin agrees (101), and the next request if
                 # it does not: held until the answer. An Upgrade request's body comes first: llhttp leaves it to us.
-                self._input_done = True
+                if self.state is State.LINGERING or self.state is State.CLOSED:
+                    return  # refused earlier in this read: nothing of it is forwarded
+                self.input_done = True
+                tunnel = self._tunnel
+                if tunnel is None:  # an Upgrade request (an accepted CONNECT has its tunnel already)
+                    self._enter(State.UPGRADING)
+                    tunnel = self._tunnel = Tunnel(self.transport)
                 tail = data[upgrade.args[0] :]
                 if self._upgrade_body_left:
                     tail = self._upgrade_body(tail)
-                self._tunnel_buf = [tail] if tail else []
+                if tail:
+                    tunnel.from_client(tail)
                 return
             except HttpParserCallbackError as exc:
                 cause = exc.__context__
@@ -191,16 +177,12 @@ class ClientConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         try:
-            if self._discarding:
+            state = self.state
+            if state is State.LINGERING or state is State.CLOSED:
                 return None  # the lingering close is over
-            if self.tunnel_peer is not None:
-                self._eofs += 1
-                if self.tunnel_peer.transport.can_write_eof():
-                    self.tunnel_peer.transport.write_eof()
-                if self._eofs >= 2:
-                    self.transport.close()
-                    return None
-                return True
+            tunnel = self._tunnel
+            if state is State.TUNNEL and tunnel is not None:
+                return True if tunnel.client_eof() else None
             reading = self._reading
             if reading is not None:
                 # Half-closed inside a request body (an Upgrade request's too): that request can never be
@@ -210,12 +192,11 @@ class ClientConnection(asyncio.Protocol):
                 if reading is not self.current or up is None or not up.response_started:
                     self._reject(400, "the client closed its side before the request body ended", "http_request_error")
                     return None
-            if self._tunnel_buf is not None:
-                self._eofs += 1
-                self._client_eof = True  # passed on once the tunnel or upgrade is established
+            if tunnel is not None:
+                tunnel.client_eof()  # passed on once the tunnel opens (CONNECTING, UPGRADING)
                 return True
             # A client that half-closes after its request still gets the response.
-            self._input_done = True
+            self.input_done = True
             return None if self.current is None else True
         except Exception as exc:
             self.internal_error(exc, "handling the client's end of input")
@@ -223,44 +204,71 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         try:
-            self._server.connection_closed(self)
-            self._input_done = True
-            if self._splice is not None:
-                self._splice.close()
-            peer = self.tunnel_peer
-            if peer is not None:
-                self.tunnel_peer = None
-                peer.client = None
-                peer.transport.close()
-            exchange = self.current
-            self.current = None
-            self._queue.clear()
-            if exchange is not None:
-                up = exchange.upstream
-                if up is not None and up.client is self:
-                    up.client = None
-                    up.exchange = None
-                    up.transport.close()
+            self._owner.connection_closed(self)
+            self.input_done = True
+            if self.state is not State.CLOSED:
+                self._enter(State.CLOSED)
+            tunnel = self._tunnel
+            if tunnel is not None:
+                self._tunnel = None
+                tunnel.close()
+            self._end_all(Outcome.CLIENT_GONE)
         except Exception:
             log.exception("cleaning up a closed client connection failed")
 
+    def _end_all(self, outcome: Outcome) -> None:
+        """The connection ends: the exchange in flight with `outcome` (its origin connection closed, not pooled: it
+        holds half an exchange), and every exchange queued behind it."""
+        exchange = self.current
+        self.current = None
+        if exchange is not None:
+            up = exchange.upstream
+            if up is not None and up.client is self:
+                up.client = None
+                up.exchange = None
+                up.transport.close()
+            self._ends.end(exchange, outcome)
+        self._drop_queue(outcome)
+
+    def _drop_queue(self, outcome: Outcome) -> None:
+        """The requests queued behind the one in flight will not be served: each ends, with `outcome`."""
+        queue = self._queue
+        while queue:
+            self._ends.end(queue.popleft(), outcome)
+
+    def drained(self) -> None:
+        """The shutdown grace ran out with this connection still open: its exchanges end as DRAINED, and it is cut."""
+        self._end_all(Outcome.DRAINED)
+        self.transport.abort()
+
+    def _peer_transport(self) -> asyncio.Transport | None:
+        """The origin (or target) side this connection's writes are flowing from, for flow control."""
+        tunnel = self._tunnel
+        if tunnel is not None and tunnel.open:
+            return tunnel.target
+        current = self.current
+        if current is not None and current.upstream is not None:
+            return current.upstream.transport
+        return None
+
     def pause_writing(self) -> None:
-        up = self.tunnel_peer or (self.current.upstream if self.current is not None else None)
-        if up is not None:
-            up.transport.pause_reading()
+        peer = self._peer_transport()
+        if peer is not None:
+            peer.pause_reading()
 
     def resume_writing(self) -> None:
-        if self._splice is not None:
+        tunnel = self._tunnel
+        if tunnel is not None and tunnel.splice is not None:
             return  # the loop must not read a spliced socket
-        up = self.tunnel_peer or (self.current.upstream if self.current is not None else None)
-        if up is not None and not up.transport.is_closing():
-            up.transport.resume_reading()
+        peer = self._peer_transport()
+        if peer is not None and not peer.is_closing():
+            peer.resume_reading()
 
     def socket_fd(self) -> int:
-        """The socket's descriptor (-1: none), for splicing response bodies into; valid while the transport is not
-        closing."""
+        """The socket's descriptor for splicing response bodies into (-1: none, or this connection may not be
+        spliced); valid while the transport is not closing."""
         fd = self._fd
-        if fd < 0:
+        if fd < 0 and self._can_splice:
             fd = self._fd = socket_fd(self.transport)
         return fd
 
@@ -274,8 +282,12 @@ class ClientConnection(asyncio.Protocol):
     def _resume(self, reason: int) -> None:
         if self._paused & reason:
             self._paused &= ~reason
-            if not self._paused and self._splice is None and not self.transport.is_closing():
+            if not self._paused and not self._spliced() and not self.transport.is_closing():
                 self.transport.resume_reading()
+
+    def _spliced(self) -> bool:
+        tunnel = self._tunnel
+        return tunnel is not None and tunnel.splice is not None
 
     def pause_for_upstream(self) -> None:
         self._pause(_UPSTREAM)
@@ -300,7 +312,7 @@ class ClientConnection(asyncio.Protocol):
         headers = self._headers
         self._url = b""
         self._headers = []
-        if self._input_done:
+        if self.input_done:
             return  # answered and closing (a refusal earlier in this read): what follows is never started
         if self._head_bytes > MAX_HEAD_BYTES and len(url) + sum(len(n) + len(v) + 4 for n, v in headers) > (
             MAX_HEAD_BYTES - 32
@@ -331,12 +343,12 @@ class ClientConnection(asyncio.Protocol):
                 503, f"more than {MAX_QUEUED} pipelined requests waiting: send the rest once these are answered"
             )
         upgrade = connection_named and parser.should_upgrade()
-        plan = plan_request(method, url, http11, keep_alive, upgrade, headers, self._policy)
+        plan = self._router.plan(method, url, http11, keep_alive, upgrade, headers)
         if upgrade and plan.body is not Framing.NONE:
             # llhttp takes everything after this head for the new protocol's bytes, body included (even where the
             # plan ignores the Upgrade, as for HTTP/1.0): the body is counted here.
             self._upgrade_body_left = _upgrade_body_length(plan.body, headers)
-        exchange = Exchange(plan, self._now())
+        exchange = self._ends.begin(plan)
         self._reading = exchange
         if self.current is None:
             self._start(exchange)
@@ -365,7 +377,7 @@ class ClientConnection(asyncio.Protocol):
             return
         exchange.body_done = True
         if not exchange.plan.keep_alive:
-            self._input_done = True
+            self.input_done = True
 
     # -- exchanges ----------------------------------------------------------------------------------------------
 
@@ -384,19 +396,22 @@ class ClientConnection(asyncio.Protocol):
 
     def _start(self, exchange: Exchange) -> None:
         self.current = exchange
+        if self.state is State.IDLE:
+            self._enter(State.ACTIVE)
         plan = exchange.plan
         key = plan.origin
-        if key in self._self_keys:
+        if self._router.loops_back(key):
             self._fail(
                 exchange,
                 508,
                 f"request to {plan.host}:{plan.port} would loop back into trace-proxy",
                 "proxy_loop_detected",
+                Outcome.REFUSED,
             )
             return
         up = self._pool.acquire(key)
         if up is None:
-            self._server.spawn(self._connect(exchange), self, "connecting to the origin")
+            self._services.spawn(self._connect(exchange), self, "connecting to the origin")
         else:
             self._attach(exchange, up)
 
@@ -424,33 +439,31 @@ class ClientConnection(asyncio.Protocol):
             up.send_request(self, exchange, b"".join([exchange.plan.head, *pending]))
             self._resume(_PENDING)
 
-    def _ended(self, exchange: Exchange) -> None:
-        """The one place an exchange ends: its end time for the span record, and the counters (bumped here, not
-        through a call: this runs for every request)."""
-        exchange.ended = self._now()
-        stats = self._stats
-        stats.requests += 1
-        stats.by_source[exchange.plan.decision.source] += 1
-        stats.by_status[exchange.status] += 1
-
     def _drop_upstream(self, up: UpstreamConnection) -> None:
         """Cut the origin connection of an exchange that will not complete there."""
         up.client = None
         up.exchange = None
         up.transport.abort()
 
+    def _no_exchange(self) -> None:
+        """The exchange in flight ended and none follows at once: ACTIVE becomes IDLE (other states stay)."""
+        self.current = None
+        if self.state is State.ACTIVE:
+            self._enter(State.IDLE)
+
     def response_complete(self, exchange: Exchange, close_client: bool) -> None:
         """The origin's response has been written out in full."""
-        self._ended(exchange)
+        self._ends.end(exchange, Outcome.COMPLETE)
         if exchange is not self.current:
             return
-        self.current = None
         exchange.upstream = None
         if not exchange.body_done:
             # Answered before the client finished sending its body: what it still sends is read and dropped for a
             # moment, so that a close does not reset the answer away (RFC 9112 §9.6).
+            self.current = None
             self._linger()
         elif close_client or self.closing_after_response or self.transport.is_closing():
+            self.current = None
             self._close()
         elif self._queue:
             self._next()
@@ -458,8 +471,10 @@ class ClientConnection(asyncio.Protocol):
             # The last request asked to upgrade and llhttp took what followed it for the new protocol's bytes; the
             # origin's ordinary answer says it was not.
             self._upgrade_refused()
-        elif self._input_done or self._deferred_error is not None:
-            self._next()
+        else:
+            self._no_exchange()
+            if self.input_done or self._deferred_error is not None:
+                self._next()
 
     def _next(self) -> None:
         if self._queue:
@@ -468,20 +483,24 @@ class ClientConnection(asyncio.Protocol):
                 self._resume(_PIPELINE)
             self._start(nxt)
         elif self._deferred_error is not None:
+            self.current = None
             self.transport.write(self._deferred_error)
             self._linger()
-        elif self._input_done and self._tunnel_buf is None:
+        elif self.input_done and self._tunnel is None:
+            self.current = None
             self._close()
 
     def upstream_failed(self, exchange: Exchange, err: UpstreamError) -> None:
         """The origin could not be reached or answered badly before the response began."""
-        self._fail(exchange, err.status, err.message, err.proxy_error)
+        self._fail(exchange, err.status, err.message, err.proxy_error, Outcome.ORIGIN_FAILED)
 
-    def response_broken(self, exchange: Exchange) -> None:
+    def response_broken(self, exchange: Exchange, outcome: Outcome = Outcome.BROKEN) -> None:
         """The response head was sent but its body cannot be completed: cut the connection so the client sees a
         truncated response, never a complete one."""
-        self._ended(exchange)
+        self._ends.end(exchange, outcome)
         self.current = None
+        self._drop_queue(Outcome.DROPPED)
+        self._enter(State.CLOSED)
         self.transport.abort()
 
     def upstream_lost(self, exchange: Exchange, up: UpstreamConnection) -> None:
@@ -501,52 +520,61 @@ class ClientConnection(asyncio.Protocol):
             # may be repeated is sent once more (RFC 9110 §9.2.2; nginx's default too).
             exchange.retried = True
             exchange.upstream = None
-            self._server.spawn(self._connect(exchange), self, "connecting to the origin")
+            self._services.spawn(self._connect(exchange), self, "connecting to the origin")
             return
         self._fail(
             exchange,
             502,
             f"{exchange.plan.host}:{exchange.plan.port} closed the connection before sending a response",
             "connection_terminated",
+            Outcome.ORIGIN_FAILED,
         )
 
-    def _fail(self, exchange: Exchange, status: int, message: str, proxy_error: str) -> None:
-        exchange.status = status
-        self._ended(exchange)
+    def _fail(self, exchange: Exchange, status: int, message: str, proxy_error: str, outcome: Outcome) -> None:
+        """The exchange in flight ends without a response from the origin: the proxy answers it, and the
+        connection closes after that answer (what was queued behind it is dropped)."""
+        self._ends.end(exchange, outcome, status)
         self.current = None
+        self._drop_queue(Outcome.DROPPED)
         if not self.transport.is_closing():
             self.transport.write(error_response(status, message, proxy_error))
         self._linger()
 
     def _reject(self, status: int, message: str, proxy_error: str) -> None:
         """Answer a request the proxy will not forward; the connection closes after it."""
-        if self._discarding:
+        state = self.state
+        if state is State.LINGERING or state is State.CLOSED:
             return  # already answered and closing (llhttp goes on with the rest of a read after a refusal)
-        self._input_done = True
-        self._server.stats.rejected(status)
+        self.input_done = True
         body = error_response(status, message, proxy_error)
         current = self.current
+        reading = self._reading
         if current is not None:
-            if self._reading is current:
+            if reading is current:
                 # The body of the request in flight is malformed: the origin holds half a request; drop it.
-                self._queue.clear()
+                self._drop_queue(Outcome.DROPPED)
                 up = current.upstream
                 if up is not None:
                     self._drop_upstream(up)
                     if up.response_started:
                         self.response_broken(current)
                         return
-                current.status = status
-                self._ended(current)
+                self._ends.end(current, Outcome.REFUSED, status)
                 self.current = None
             else:
-                reading = self._reading
                 if reading is not None:
                     # The malformed body belongs to a queued request (always the last one): it never starts.
                     self._reading = None
                     self._queue.remove(reading)
+                    self._ends.end(reading, Outcome.REFUSED, status)
+                else:
+                    self._ends.refused(status)
                 self._deferred_error = body  # after the responses to the requests before the bad one
                 return
+        elif reading is not None:
+            self._ends.end(reading, Outcome.REFUSED, status)  # the request in flight was answered, not yet read
+        else:
+            self._ends.refused(status)
         self.transport.write(body)
         self._linger()
 
@@ -558,30 +586,27 @@ class ClientConnection(asyncio.Protocol):
         no other connection is touched."""
         log.error("internal error while %s: the client connection is ended", stage, exc_info=exc)
         try:
-            begun = self.tunnel_peer is not None or self._splice is not None
+            state = self.state
+            tunnel = self._tunnel
+            begun = state is State.TUNNEL
             exchange = self.current
             self.current = None
-            self._queue.clear()
             if exchange is not None:
                 up = exchange.upstream
                 if up is not None:
                     begun = begun or up.response_started
                     if up.client is self:
                         self._drop_upstream(up)
-                if not begun:
-                    exchange.status = 500
-                self._ended(exchange)
-            peer = self.tunnel_peer
-            if peer is not None:
-                self.tunnel_peer = None
-                peer.client = None
-                peer.transport.abort()
-            if self._splice is not None:
-                self._splice.close()
-            if begun or self._discarding or self.transport.is_closing():
-                self.transport.abort()
+                self._ends.end(exchange, Outcome.INTERNAL_ERROR, -1 if begun else 500)
+            elif not begun and state is not State.LINGERING and state is not State.CLOSED:
+                self._ends.unplanned(Outcome.INTERNAL_ERROR, 500)
+            self._drop_queue(Outcome.DROPPED)
+            if tunnel is not None:
+                self._tunnel = None
+                tunnel.abort()
+            if begun or state is State.LINGERING or state is State.CLOSED or self.transport.is_closing():
+                self._abort()
                 return
-            self._stats.rejected(500)
             self.transport.write(error_response(500, f"trace-proxy failed while {stage}", "proxy_internal_error"))
             self._linger()
         except Exception:
@@ -590,14 +615,14 @@ class ClientConnection(asyncio.Protocol):
 
     def refuse(self, status: int, message: str, proxy_error: str) -> None:
         """Answer a connection the proxy will not serve at all (its client is not allowed), before it sent a byte."""
-        self._server.stats.rejected(status)
+        self._ends.refused(status)
         self.transport.write(error_response(status, message, proxy_error))
         self._linger()
 
     def head_timed_out(self, timeout: float) -> None:
         """The request head under way did not arrive whole within forward.header_timeout."""
         self.head_since = 0.0
-        if self._discarding or self.transport.is_closing():
+        if self.state is State.LINGERING or self.state is State.CLOSED or self.transport.is_closing():
             return  # already answered, and closing
         self._reject(
             408, f"request head not complete within {timeout:g}s (forward.header_timeout)", "http_request_error"
@@ -611,22 +636,30 @@ class ClientConnection(asyncio.Protocol):
         if transport.is_closing() or not transport.can_write_eof():
             self._close()
             return
-        self._input_done = True
-        self._tunnel_buf = None
-        self._discarding = True
+        self.input_done = True
+        self._tunnel = None
+        self._enter(State.LINGERING)
         self.head_since = 0.0  # answered: no 408 to follow
         transport.write_eof()
         self._resume(self._paused)
-        self._server.loop.call_later(_LINGER_SECONDS, self._close)
+        self._services.loop.call_later(_LINGER_SECONDS, self._close)
 
     def _close(self) -> None:
-        self._input_done = True
+        self.input_done = True
+        if self.state is not State.CLOSED:
+            self._enter(State.CLOSED)
         if not self.transport.is_closing():
             self.transport.close()
 
+    def _abort(self) -> None:
+        self.input_done = True
+        if self.state is not State.CLOSED:
+            self._enter(State.CLOSED)
+        self.transport.abort()
+
     def close_if_idle(self) -> None:
         """Close now when no request is in flight (shutdown, idle timeout), else after the response in flight."""
-        if self.current is None and self.tunnel_peer is None and self._tunnel_buf is None:
+        if self.current is None and self._tunnel is None:
             self._close()
         else:
             self.closing_after_response = True
@@ -638,8 +671,8 @@ class ClientConnection(asyncio.Protocol):
             return
         up = exchange.upstream
         if up is not None and up.response_started:
-            self.transport.abort()
-            up.transport.abort()
+            self._drop_upstream(up)
+            self.response_broken(exchange, Outcome.STALLED)
             return
         if up is not None:
             self._drop_upstream(up)
@@ -648,6 +681,7 @@ class ClientConnection(asyncio.Protocol):
             504,
             f"{exchange.plan.host}:{exchange.plan.port} sent no response within {timeout:g}s (forward.idle_timeout)",
             "http_response_timeout",
+            Outcome.STALLED,
         )
 
     # -- tunnels --------------------------------------------------------------------------------------------------
@@ -655,46 +689,36 @@ class ClientConnection(asyncio.Protocol):
     def _begin_connect(self, target: bytes) -> None:
         if self.current is not None or self._queue:
             raise RequestRejected(400, "CONNECT must not be pipelined behind another request")
-        host, port = plan_connect(target, self._policy.connect_ports)
-        if (host, port) in self._server.self_keys:
-            raise RequestRejected(
-                508, f"CONNECT to {host}:{port} would loop back into trace-proxy", "proxy_loop_detected"
-            )
-        self._server.stats.tunnel_opened()
-        self._server.spawn(self._connect_tunnel(host, port), self, "opening a tunnel")
+        host, port = self._router.connect(target)
+        self._services.stats.tunnel_opened()
+        self._enter(State.CONNECTING)
+        self.input_done = True  # what follows the CONNECT is the tunnel's
+        tunnel = self._tunnel = Tunnel(self.transport)
+        self._services.spawn(self._connect_tunnel(tunnel, host, port), self, "opening a tunnel")
 
-    async def _connect_tunnel(self, host: str, port: int) -> None:
+    async def _connect_tunnel(self, tunnel: Tunnel, host: str, port: int) -> None:
         try:
-            up = await self._pool.connect(host, port, tunnel=True)
+            up = await self._pool.connect(host, port, relay=tunnel)
         except UpstreamError as err:
-            self._server.stats.rejected(err.status)
+            self._ends.unplanned(Outcome.ORIGIN_FAILED, err.status)
             if not self.transport.is_closing():
                 self.transport.write(error_response(err.status, err.message, err.proxy_error))
             self._linger()
             return
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self._tunnel is not tunnel:
             up.transport.close()
             return
-        self.tunnel_peer = up
         self.transport.write(_ESTABLISHED)
-        up.start_tunnel(self)
-        if self.tunnel_peer is up:
-            self._flush_tunnel_buf(up)
-            if self._server.splice_tunnels and not self._eofs and not up.tunnel_eof:
-                self._splice = SpliceTunnel.start(self._server.loop, self.transport, up.transport)
+        self._open_tunnel(tunnel, up, self._services.splice_tunnels and self._can_splice)
 
-    def _flush_tunnel_buf(self, up: UpstreamConnection) -> None:
-        buf = self._tunnel_buf
-        if buf is None:
-            self._tunnel_buf = []
-            return
-        if buf:
-            up.transport.write(b"".join(buf))
-            buf.clear()
-            self._pending_tunnel_bytes = 0
-            self._resume(_PENDING)
-        if self._client_eof and up.transport.can_write_eof():
-            up.transport.write_eof()  # the client's, and only the client's: the target's went the other way
+    def _open_tunnel(self, tunnel: Tunnel, up: UpstreamConnection, splice: bool) -> None:
+        """The client has been told (200, 101): relay both ways from now on."""
+        self._enter(State.TUNNEL)
+        up.client = self  # for flow control: its writes pause this connection's reading
+        up.relay = tunnel
+        tunnel.bind_target(up.transport)
+        tunnel.start(self._services.loop if splice else None)
+        self._resume(_PENDING)
 
     def _upgrade_body(self, data: bytes) -> bytes:
         """The part of `data` that ends an Upgrade request's Content-Length body goes to the origin as that body;
@@ -712,52 +736,40 @@ class ClientConnection(asyncio.Protocol):
         return data[len(body) :]
 
     def _holding_for_upgrade(self) -> bool:
-        """What the client sent after its last request is held until the origin answers that request's Upgrade.
-
-        (A method, not an inline test: where this connection has just set `_tunnel_buf` to None, mypy would keep it
-        narrowed to None across the calls that set it again, and the compiled build would check it as None.)"""
-        return self._tunnel_buf is not None
+        """What the client sent after its last request is held until the origin answers that request's Upgrade."""
+        return self.state is State.UPGRADING
 
     def _upgrade_refused(self) -> None:
         """The origin answered an Upgrade request with an ordinary response: the connection stays HTTP, and what the
         client sent after its request (held, not relayed) is parsed as the next request, strictly as any other."""
-        held = self._tunnel_buf
-        eof = self._client_eof
-        self._tunnel_buf = None
-        self._eofs = 0
-        self._client_eof = False
+        tunnel = self._tunnel
+        assert tunnel is not None
+        held, eof = tunnel.take_held()
+        self._tunnel = None
+        self.current = None
+        self._enter(State.IDLE)
         self._parser = HttpRequestParser(self)
         self._in_head = True
         self._head_bytes = 0
-        self._input_done = False
+        self.input_done = False
         self._resume(_PENDING)
         if held:
-            self.data_received(b"".join(held))
+            self.data_received(held)
         if eof:
-            if self._holding_for_upgrade():  # the held bytes ended in another Upgrade request: the EOF waits with it
-                self._eofs = 1
-                self._client_eof = True
+            tunnel = self._tunnel
+            if tunnel is not None:  # the held bytes ended in another Upgrade request: the EOF waits with it
+                tunnel.client_eof()
             else:
-                self._input_done = True
+                self.input_done = True
                 if self.current is None:
                     self._next()
 
     def upgraded(self, exchange: Exchange, up: UpstreamConnection) -> None:
         """The origin accepted an Upgrade: from now on both sides are relayed as bytes."""
         self._upgrade_body_left = 0  # what is still to come of the body goes to the origin as it is, like the rest
-        self._ended(exchange)
+        self._ends.end(exchange, Outcome.UPGRADED)
         self.current = None
-        self.tunnel_peer = up
-        self._flush_tunnel_buf(up)
-
-    def peer_eof(self) -> None:
-        """The origin side of a tunnel half-closed."""
-        self._eofs += 1
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        if self._eofs >= 2:
-            self.transport.close()
-
-    def tunnel_peer_lost(self) -> None:
-        self.tunnel_peer = None
-        self._close()
+        tunnel = self._tunnel
+        if tunnel is None:  # not reached: an Upgrade is only sent where llhttp stopped at it
+            tunnel = self._tunnel = Tunnel(self.transport)
+        self._open_tunnel(tunnel, up, False)

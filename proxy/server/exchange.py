@@ -1,0 +1,161 @@
+"""One proxied request from the first byte of its head to its end, and the one place every exchange ends.
+
+An exchange can end in many ways: its response relayed whole, the origin unreachable or gone, the client gone, a
+stall, a refusal, the shutdown. Each of them goes through `ExchangeEnds.end`, which stamps the end (monotonic for
+durations, wall-clock for the span a later issue reports) and hands the finished exchange to every observer: the
+counters (`proxy.stats.Stats`) are the first, metrics, access logs and spans subscribe the same way. Nothing else
+in the connection layer counts or logs an exchange.
+
+The two sides of a connection meet here too, as protocols rather than classes: an origin connection writes its
+response to a `ResponseSink` (what a downstream connection offers), so neither module imports the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from proxy.server.http1 import Framing, RequestPlan
+from proxy.tracing import Decision, TraceSource
+
+if TYPE_CHECKING:
+    from proxy.server.upstream import UpstreamConnection, UpstreamError
+
+
+class Outcome(enum.StrEnum):
+    """How an exchange ended (a str enum: hashed in C, as a counter key on every request)."""
+
+    COMPLETE = "complete"  # the response reached the client whole
+    UPGRADED = "upgraded"  # the origin switched protocols (101): the connection is a tunnel from here on
+    REFUSED = "refused"  # the proxy answered it itself, without forwarding it (4xx, 503, 508)
+    ORIGIN_FAILED = "origin_failed"  # no response came: unreachable, refused, closed early, malformed (502/504)
+    BROKEN = "broken"  # the response began but could not be completed: the client connection was cut
+    STALLED = "stalled"  # neither side moved for forward.idle_timeout (504, or cut once the response began)
+    CLIENT_GONE = "client_gone"  # the client closed its connection before the answer was complete
+    DROPPED = "dropped"  # pipelined behind a request that ended its connection: never started
+    DRAINED = "drained"  # still in flight when the shutdown grace ran out
+    INTERNAL_ERROR = "internal_error"  # trace-proxy failed while handling it (500, or cut)
+
+
+class Exchange:
+    """One proxied request: its plan, its body on the way, and the record a span or a log line is made from."""
+
+    __slots__ = (
+        "body_done",
+        "ended",
+        "ended_wall",
+        "outcome",
+        "pending",
+        "pending_size",
+        "plan",
+        "retried",
+        "started",
+        "started_wall",
+        "status",
+        "upstream",
+    )
+
+    def __init__(self, plan: RequestPlan, now: float, wall: float) -> None:
+        self.plan = plan
+        self.started = now  # monotonic (the loop's clock): durations
+        self.started_wall = wall  # seconds since the epoch: a span's start
+        self.ended = 0.0
+        self.ended_wall = 0.0
+        self.status = 0  # the status the client got (0: none)
+        self.outcome: Outcome | None = None  # None while in flight
+        self.body_done = plan.body is Framing.NONE
+        self.pending: list[bytes] | None = None  # body bytes that wait for an origin connection
+        self.pending_size = 0
+        self.upstream: UpstreamConnection | None = None
+        self.retried = False
+
+
+class ExchangeObserver(Protocol):
+    """Told of every exchange once, when it has ended (its outcome, status and times are set)."""
+
+    def exchange_ended(self, exchange: Exchange) -> None: ...
+
+
+class ExchangeEnds:
+    """The one end of every exchange: stamps it and tells the observers, exactly once per exchange.
+
+    The clocks are given, so that a test can drive time: `now` is monotonic, `wall` seconds since the epoch."""
+
+    __slots__ = ("_observers", "now", "wall")
+
+    def __init__(
+        self, now: Callable[[], float], wall: Callable[[], float], observers: Sequence[ExchangeObserver]
+    ) -> None:
+        self.now = now
+        self.wall = wall
+        self._observers = tuple(observers)
+
+    def begin(self, plan: RequestPlan) -> Exchange:
+        return Exchange(plan, self.now(), self.wall())
+
+    def end(self, exchange: Exchange, outcome: Outcome, status: int = -1) -> None:
+        """End `exchange` with `outcome` (and `status`, when the proxy answered it itself); a second end of the same
+        exchange is ignored, so that no path counts it twice."""
+        if exchange.outcome is not None:
+            return
+        exchange.outcome = outcome
+        if status >= 0:
+            exchange.status = status
+        exchange.ended = self.now()
+        exchange.ended_wall = self.wall()
+        for observer in self._observers:
+            observer.exchange_ended(exchange)
+
+    def refused(self, status: int) -> None:
+        """A request refused before it had a plan (malformed, not allowed, too large)."""
+        self.unplanned(Outcome.REFUSED, status)
+
+    def unplanned(self, outcome: Outcome, status: int) -> None:
+        """A request answered before it had a plan (refused, a CONNECT whose target failed, an internal error): an
+        exchange of its own, with `UNPLANNED` for a plan, that ends as it begins."""
+        self.end(self.begin(UNPLANNED), outcome, status)
+
+
+# The plan of a request answered before it was planned: no origin, no trace decision.
+UNPLANNED = RequestPlan(
+    origin=("", 0),
+    head=b"",
+    body=Framing.NONE,
+    method_is_head=False,
+    upgrade=False,
+    keep_alive=False,
+    http11=True,
+    decision=Decision(TraceSource.UNTOUCHED, None, None, None, None, None, None, None),
+)
+
+
+class ResponseSink(Protocol):
+    """What an origin connection needs of the connection its response goes to (a downstream connection).
+
+    `transport` takes the response bytes directly (one write per read: no call in between); the rest are the
+    events of a response's life."""
+
+    transport: asyncio.Transport
+    closing_after_response: bool
+
+    def socket_fd(self) -> int:
+        """The client socket's descriptor for splicing a body into, or -1 when this connection may not be spliced."""
+        ...
+
+    def response_complete(self, exchange: Exchange, close_client: bool) -> None: ...
+
+    def response_broken(self, exchange: Exchange) -> None: ...
+
+    def upstream_failed(self, exchange: Exchange, err: UpstreamError) -> None: ...
+
+    def upstream_lost(self, exchange: Exchange, up: UpstreamConnection) -> None: ...
+
+    def upgraded(self, exchange: Exchange, up: UpstreamConnection) -> None: ...
+
+    def pause_for_upstream(self) -> None: ...
+
+    def resume_for_upstream(self) -> None: ...
+
+    def internal_error(self, exc: BaseException, stage: str) -> None: ...
