@@ -99,17 +99,10 @@ for _entry in (str(REPO), str(BENCH_DIR)):
         sys.path.insert(0, _entry)
 
 import uvloop  # noqa: E402
+from machine import machine_info, trace_proxy_build  # noqa: E402
+from procfs import CLK_TCK, cpu_stat, cpu_usage, tree_cpu_ticks, wait_quiet  # noqa: E402
+from servers import free_port  # noqa: E402
 
-from bench import (  # noqa: E402
-    CLK_TCK,
-    cpu_stat,
-    cpu_usage,
-    free_port,
-    machine_info,
-    trace_proxy_build,
-    tree_cpu_ticks,
-    wait_quiet,
-)
 from tests.helpers.http import close_writer, get, open_raw, read_response  # noqa: E402
 from tests.helpers.proxy_process import ProxyProcess, launch_proxy, tcp_sockets  # noqa: E402
 
