@@ -62,7 +62,7 @@ def machine_info() -> dict[str, Any]:
 
 def trace_proxy_build() -> str:
     """Whether the installed trace-proxy runs its hot path compiled (mypyc, TRACE_PROXY_MYPYC=1) or interpreted."""
-    spec = importlib.util.find_spec("proxy.server.forward")
+    spec = importlib.util.find_spec("proxy.server.http1")
     origin = spec.origin if spec is not None else None
     if origin is None:
         return "not installed"
@@ -72,7 +72,7 @@ def trace_proxy_build() -> str:
 # Run by the baseline's interpreter: trace_proxy_build() and the package versions of its venv.
 _BASELINE_PROBE = """
 import importlib.metadata as metadata, importlib.util as util, json
-spec = util.find_spec("proxy.server.forward")
+spec = util.find_spec("proxy.server.http1")
 origin = spec.origin if spec is not None else None
 build = "not installed" if origin is None else "interpreted" if origin.endswith(".py") else "compiled (mypyc)"
 out = {"trace_proxy_build": build}
