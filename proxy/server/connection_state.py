@@ -47,7 +47,7 @@ _ALLOWED: Final = (
 TRANSITIONS: Final = {state: frozenset(target for target in State if _ALLOWED[state] >> target & 1) for state in State}
 
 
-class InvalidTransition(RuntimeError):
+class InvalidTransition(Exception):
     """A connection was about to change state along a transition the table does not have."""
 
 

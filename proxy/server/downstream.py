@@ -735,6 +735,12 @@ class DownstreamConnection(asyncio.Protocol):
         exchange.body_done = True
         return data[len(body) :]
 
+    def _pending_tunnel(self) -> Tunnel | None:
+        """The tunnel of this connection, if any (a method, not an attribute read: where this connection has just
+        set `_tunnel` to None, mypy would keep it narrowed to None across the calls that set it again, and the
+        compiled build would check it as None)."""
+        return self._tunnel
+
     def _holding_for_upgrade(self) -> bool:
         """What the client sent after its last request is held until the origin answers that request's Upgrade."""
         return self.state is State.UPGRADING
@@ -756,9 +762,9 @@ class DownstreamConnection(asyncio.Protocol):
         if held:
             self.data_received(held)
         if eof:
-            tunnel = self._tunnel
-            if tunnel is not None:  # the held bytes ended in another Upgrade request: the EOF waits with it
-                tunnel.client_eof()
+            again = self._pending_tunnel()
+            if again is not None:  # the held bytes ended in another Upgrade request: the EOF waits with it
+                again.client_eof()
             else:
                 self.input_done = True
                 if self.current is None:
