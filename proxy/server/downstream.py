@@ -4,7 +4,7 @@ The request head is parsed by llhttp (httptools) through callbacks, planned once
 (routing.py: where it goes, the head the origin receives, the trace decision), and written to a pooled origin
 connection; the body follows as the parser yields it. Requests a client pipelines wait in order behind the one in
 flight. CONNECT and accepted Upgrades turn the connection into a byte relay (tunnel.py). The connection's state is
-one of `connection_state.State`; every exchange ends through `ExchangeEnds.end` (exchange.py), which tells the
+one of those in connection_state.py; every exchange ends through `ExchangeEnds.end` (exchange.py), which tells the
 observers. Nothing here logs per request, and no header becomes more than the (name, value) pair llhttp hands
 over: this is the code whose cost the benchmark measures.
 """
@@ -14,11 +14,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Protocol
+from typing import Final, Protocol
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from proxy.server.connection_state import State, check_transition
+from proxy.server.connection_state import (
+    ACTIVE,
+    CLOSED,
+    CONNECTING,
+    IDLE,
+    LINGERING,
+    TUNNEL,
+    UPGRADING,
+    check_transition,
+)
 from proxy.server.exchange import Exchange, Outcome
 from proxy.server.http1 import MAX_HEAD_BYTES, Framing, RequestRejected, error_response
 from proxy.server.routing import Router
@@ -28,6 +37,18 @@ from proxy.server.tunnel import Tunnel
 from proxy.server.upstream import UpstreamConnection, UpstreamError
 
 log = logging.getLogger(__name__)
+
+# The outcomes, read as module constants: reading an enum member is a Python-level lookup, on every request.
+_BROKEN: Final = Outcome.BROKEN
+_CLIENT_GONE: Final = Outcome.CLIENT_GONE
+_COMPLETE: Final = Outcome.COMPLETE
+_DRAINED: Final = Outcome.DRAINED
+_DROPPED: Final = Outcome.DROPPED
+_INTERNAL_ERROR: Final = Outcome.INTERNAL_ERROR
+_ORIGIN_FAILED: Final = Outcome.ORIGIN_FAILED
+_REFUSED: Final = Outcome.REFUSED
+_STALLED: Final = Outcome.STALLED
+_UPGRADED: Final = Outcome.UPGRADED
 
 _PIPELINE = 1  # a request waits behind the one in flight
 _UPSTREAM = 2  # the origin's socket buffer is full
@@ -81,11 +102,14 @@ class DownstreamConnection(asyncio.Protocol):
     ) -> None:
         self._services = services
         self._router = router
+        # Bound once: a call through the bound method skips the method lookup on every request.
+        self._plan = router.plan
+        self._own_origins = router.own_origins  # the listener is bound before it accepts: this is final
         self._owner = owner
         self._pool = services.pool
         self._ends = services.ends
         self._can_splice = can_splice
-        self.state = State.IDLE
+        self.state = IDLE  # one of connection_state's states
         self._parser = HttpRequestParser(self)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self._url = b""
@@ -105,14 +129,14 @@ class DownstreamConnection(asyncio.Protocol):
         self._fd = -1  # the socket's descriptor, once a response body was spliced into it
         self._upgrade_body_left = 0  # body bytes of an Upgrade request still to come (llhttp leaves them to us)
 
-    def _enter(self, state: State) -> None:
+    def _enter(self, state: int) -> None:
         """Change state, along the transitions connection_state allows (InvalidTransition otherwise)."""
         check_transition(self.state, state)
         self.state = state
 
     def in_tunnel(self) -> bool:
         """Relaying a tunnel: no request timeouts apply."""
-        return self.state is State.TUNNEL
+        return self.state == TUNNEL
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------------------
 
@@ -146,12 +170,12 @@ class DownstreamConnection(asyncio.Protocol):
             except HttpParserUpgrade as upgrade:
                 # What follows the request is the new protocol's, once the origin agrees (101), and the next request if
                 # it does not: held until the answer. An Upgrade request's body comes first: llhttp leaves it to us.
-                if self.state is State.LINGERING or self.state is State.CLOSED:
+                if self.state >= LINGERING:
                     return  # refused earlier in this read: nothing of it is forwarded
                 self.input_done = True
                 tunnel = self._tunnel
                 if tunnel is None:  # an Upgrade request (an accepted CONNECT has its tunnel already)
-                    self._enter(State.UPGRADING)
+                    self._enter(UPGRADING)
                     tunnel = self._tunnel = Tunnel(self.transport)
                 tail = data[upgrade.args[0] :]
                 if self._upgrade_body_left:
@@ -178,10 +202,10 @@ class DownstreamConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         try:
             state = self.state
-            if state is State.LINGERING or state is State.CLOSED:
+            if state >= LINGERING:
                 return None  # the lingering close is over
             tunnel = self._tunnel
-            if state is State.TUNNEL and tunnel is not None:
+            if state == TUNNEL and tunnel is not None:
                 return True if tunnel.client_eof() else None
             reading = self._reading
             if reading is not None:
@@ -206,13 +230,13 @@ class DownstreamConnection(asyncio.Protocol):
         try:
             self._owner.connection_closed(self)
             self.input_done = True
-            if self.state is not State.CLOSED:
-                self._enter(State.CLOSED)
+            if self.state != CLOSED:
+                self._enter(CLOSED)
             tunnel = self._tunnel
             if tunnel is not None:
                 self._tunnel = None
                 tunnel.close()
-            self._end_all(Outcome.CLIENT_GONE)
+            self._end_all(_CLIENT_GONE)
         except Exception:
             log.exception("cleaning up a closed client connection failed")
 
@@ -238,7 +262,7 @@ class DownstreamConnection(asyncio.Protocol):
 
     def drained(self) -> None:
         """The shutdown grace ran out with this connection still open: its exchanges end as DRAINED, and it is cut."""
-        self._end_all(Outcome.DRAINED)
+        self._end_all(_DRAINED)
         self.transport.abort()
 
     def _peer_transport(self) -> asyncio.Transport | None:
@@ -343,7 +367,7 @@ class DownstreamConnection(asyncio.Protocol):
                 503, f"more than {MAX_QUEUED} pipelined requests waiting: send the rest once these are answered"
             )
         upgrade = connection_named and parser.should_upgrade()
-        plan = self._router.plan(method, url, http11, keep_alive, upgrade, headers)
+        plan = self._plan(method, url, http11, keep_alive, upgrade, headers)
         if upgrade and plan.body is not Framing.NONE:
             # llhttp takes everything after this head for the new protocol's bytes, body included (even where the
             # plan ignores the Upgrade, as for HTTP/1.0): the body is counted here.
@@ -396,17 +420,17 @@ class DownstreamConnection(asyncio.Protocol):
 
     def _start(self, exchange: Exchange) -> None:
         self.current = exchange
-        if self.state is State.IDLE:
-            self._enter(State.ACTIVE)
+        if self.state == IDLE:
+            self._enter(ACTIVE)
         plan = exchange.plan
         key = plan.origin
-        if self._router.loops_back(key):
+        if key in self._own_origins:
             self._fail(
                 exchange,
                 508,
                 f"request to {plan.host}:{plan.port} would loop back into trace-proxy",
                 "proxy_loop_detected",
-                Outcome.REFUSED,
+                _REFUSED,
             )
             return
         up = self._pool.acquire(key)
@@ -448,12 +472,12 @@ class DownstreamConnection(asyncio.Protocol):
     def _no_exchange(self) -> None:
         """The exchange in flight ended and none follows at once: ACTIVE becomes IDLE (other states stay)."""
         self.current = None
-        if self.state is State.ACTIVE:
-            self._enter(State.IDLE)
+        if self.state == ACTIVE:
+            self._enter(IDLE)
 
     def response_complete(self, exchange: Exchange, close_client: bool) -> None:
         """The origin's response has been written out in full."""
-        self._ends.end(exchange, Outcome.COMPLETE)
+        self._ends.end(exchange, _COMPLETE)
         if exchange is not self.current:
             return
         exchange.upstream = None
@@ -492,15 +516,15 @@ class DownstreamConnection(asyncio.Protocol):
 
     def upstream_failed(self, exchange: Exchange, err: UpstreamError) -> None:
         """The origin could not be reached or answered badly before the response began."""
-        self._fail(exchange, err.status, err.message, err.proxy_error, Outcome.ORIGIN_FAILED)
+        self._fail(exchange, err.status, err.message, err.proxy_error, _ORIGIN_FAILED)
 
-    def response_broken(self, exchange: Exchange, outcome: Outcome = Outcome.BROKEN) -> None:
+    def response_broken(self, exchange: Exchange, outcome: Outcome = _BROKEN) -> None:
         """The response head was sent but its body cannot be completed: cut the connection so the client sees a
         truncated response, never a complete one."""
         self._ends.end(exchange, outcome)
         self.current = None
-        self._drop_queue(Outcome.DROPPED)
-        self._enter(State.CLOSED)
+        self._drop_queue(_DROPPED)
+        self._enter(CLOSED)
         self.transport.abort()
 
     def upstream_lost(self, exchange: Exchange, up: UpstreamConnection) -> None:
@@ -527,7 +551,7 @@ class DownstreamConnection(asyncio.Protocol):
             502,
             f"{exchange.plan.host}:{exchange.plan.port} closed the connection before sending a response",
             "connection_terminated",
-            Outcome.ORIGIN_FAILED,
+            _ORIGIN_FAILED,
         )
 
     def _fail(self, exchange: Exchange, status: int, message: str, proxy_error: str, outcome: Outcome) -> None:
@@ -535,7 +559,7 @@ class DownstreamConnection(asyncio.Protocol):
         connection closes after that answer (what was queued behind it is dropped)."""
         self._ends.end(exchange, outcome, status)
         self.current = None
-        self._drop_queue(Outcome.DROPPED)
+        self._drop_queue(_DROPPED)
         if not self.transport.is_closing():
             self.transport.write(error_response(status, message, proxy_error))
         self._linger()
@@ -543,7 +567,7 @@ class DownstreamConnection(asyncio.Protocol):
     def _reject(self, status: int, message: str, proxy_error: str) -> None:
         """Answer a request the proxy will not forward; the connection closes after it."""
         state = self.state
-        if state is State.LINGERING or state is State.CLOSED:
+        if state >= LINGERING:
             return  # already answered and closing (llhttp goes on with the rest of a read after a refusal)
         self.input_done = True
         body = error_response(status, message, proxy_error)
@@ -552,27 +576,27 @@ class DownstreamConnection(asyncio.Protocol):
         if current is not None:
             if reading is current:
                 # The body of the request in flight is malformed: the origin holds half a request; drop it.
-                self._drop_queue(Outcome.DROPPED)
+                self._drop_queue(_DROPPED)
                 up = current.upstream
                 if up is not None:
                     self._drop_upstream(up)
                     if up.response_started:
                         self.response_broken(current)
                         return
-                self._ends.end(current, Outcome.REFUSED, status)
+                self._ends.end(current, _REFUSED, status)
                 self.current = None
             else:
                 if reading is not None:
                     # The malformed body belongs to a queued request (always the last one): it never starts.
                     self._reading = None
                     self._queue.remove(reading)
-                    self._ends.end(reading, Outcome.REFUSED, status)
+                    self._ends.end(reading, _REFUSED, status)
                 else:
                     self._ends.refused(status)
                 self._deferred_error = body  # after the responses to the requests before the bad one
                 return
         elif reading is not None:
-            self._ends.end(reading, Outcome.REFUSED, status)  # the request in flight was answered, not yet read
+            self._ends.end(reading, _REFUSED, status)  # the request in flight was answered, not yet read
         else:
             self._ends.refused(status)
         self.transport.write(body)
@@ -588,7 +612,7 @@ class DownstreamConnection(asyncio.Protocol):
         try:
             state = self.state
             tunnel = self._tunnel
-            begun = state is State.TUNNEL
+            begun = state == TUNNEL
             exchange = self.current
             self.current = None
             if exchange is not None:
@@ -597,14 +621,14 @@ class DownstreamConnection(asyncio.Protocol):
                     begun = begun or up.response_started
                     if up.client is self:
                         self._drop_upstream(up)
-                self._ends.end(exchange, Outcome.INTERNAL_ERROR, -1 if begun else 500)
-            elif not begun and state is not State.LINGERING and state is not State.CLOSED:
-                self._ends.unplanned(Outcome.INTERNAL_ERROR, 500)
-            self._drop_queue(Outcome.DROPPED)
+                self._ends.end(exchange, _INTERNAL_ERROR, -1 if begun else 500)
+            elif not begun and state < LINGERING:
+                self._ends.unplanned(_INTERNAL_ERROR, 500)
+            self._drop_queue(_DROPPED)
             if tunnel is not None:
                 self._tunnel = None
                 tunnel.abort()
-            if begun or state is State.LINGERING or state is State.CLOSED or self.transport.is_closing():
+            if begun or state >= LINGERING or self.transport.is_closing():
                 self._abort()
                 return
             self.transport.write(error_response(500, f"trace-proxy failed while {stage}", "proxy_internal_error"))
@@ -622,7 +646,7 @@ class DownstreamConnection(asyncio.Protocol):
     def head_timed_out(self, timeout: float) -> None:
         """The request head under way did not arrive whole within forward.header_timeout."""
         self.head_since = 0.0
-        if self.state is State.LINGERING or self.state is State.CLOSED or self.transport.is_closing():
+        if self.state >= LINGERING or self.transport.is_closing():
             return  # already answered, and closing
         self._reject(
             408, f"request head not complete within {timeout:g}s (forward.header_timeout)", "http_request_error"
@@ -638,7 +662,7 @@ class DownstreamConnection(asyncio.Protocol):
             return
         self.input_done = True
         self._tunnel = None
-        self._enter(State.LINGERING)
+        self._enter(LINGERING)
         self.head_since = 0.0  # answered: no 408 to follow
         transport.write_eof()
         self._resume(self._paused)
@@ -646,15 +670,15 @@ class DownstreamConnection(asyncio.Protocol):
 
     def _close(self) -> None:
         self.input_done = True
-        if self.state is not State.CLOSED:
-            self._enter(State.CLOSED)
+        if self.state != CLOSED:
+            self._enter(CLOSED)
         if not self.transport.is_closing():
             self.transport.close()
 
     def _abort(self) -> None:
         self.input_done = True
-        if self.state is not State.CLOSED:
-            self._enter(State.CLOSED)
+        if self.state != CLOSED:
+            self._enter(CLOSED)
         self.transport.abort()
 
     def close_if_idle(self) -> None:
@@ -672,7 +696,7 @@ class DownstreamConnection(asyncio.Protocol):
         up = exchange.upstream
         if up is not None and up.response_started:
             self._drop_upstream(up)
-            self.response_broken(exchange, Outcome.STALLED)
+            self.response_broken(exchange, _STALLED)
             return
         if up is not None:
             self._drop_upstream(up)
@@ -681,7 +705,7 @@ class DownstreamConnection(asyncio.Protocol):
             504,
             f"{exchange.plan.host}:{exchange.plan.port} sent no response within {timeout:g}s (forward.idle_timeout)",
             "http_response_timeout",
-            Outcome.STALLED,
+            _STALLED,
         )
 
     # -- tunnels --------------------------------------------------------------------------------------------------
@@ -691,7 +715,7 @@ class DownstreamConnection(asyncio.Protocol):
             raise RequestRejected(400, "CONNECT must not be pipelined behind another request")
         host, port = self._router.connect(target)
         self._services.stats.tunnel_opened()
-        self._enter(State.CONNECTING)
+        self._enter(CONNECTING)
         self.input_done = True  # what follows the CONNECT is the tunnel's
         tunnel = self._tunnel = Tunnel(self.transport)
         self._services.spawn(self._connect_tunnel(tunnel, host, port), self, "opening a tunnel")
@@ -700,7 +724,7 @@ class DownstreamConnection(asyncio.Protocol):
         try:
             up = await self._pool.connect(host, port, relay=tunnel)
         except UpstreamError as err:
-            self._ends.unplanned(Outcome.ORIGIN_FAILED, err.status)
+            self._ends.unplanned(_ORIGIN_FAILED, err.status)
             if not self.transport.is_closing():
                 self.transport.write(error_response(err.status, err.message, err.proxy_error))
             self._linger()
@@ -713,7 +737,7 @@ class DownstreamConnection(asyncio.Protocol):
 
     def _open_tunnel(self, tunnel: Tunnel, up: UpstreamConnection, splice: bool) -> None:
         """The client has been told (200, 101): relay both ways from now on."""
-        self._enter(State.TUNNEL)
+        self._enter(TUNNEL)
         up.client = self  # for flow control: its writes pause this connection's reading
         up.relay = tunnel
         tunnel.bind_target(up.transport)
@@ -743,7 +767,7 @@ class DownstreamConnection(asyncio.Protocol):
 
     def _holding_for_upgrade(self) -> bool:
         """What the client sent after its last request is held until the origin answers that request's Upgrade."""
-        return self.state is State.UPGRADING
+        return self.state == UPGRADING
 
     def _upgrade_refused(self) -> None:
         """The origin answered an Upgrade request with an ordinary response: the connection stays HTTP, and what the
@@ -753,7 +777,7 @@ class DownstreamConnection(asyncio.Protocol):
         held, eof = tunnel.take_held()
         self._tunnel = None
         self.current = None
-        self._enter(State.IDLE)
+        self._enter(IDLE)
         self._parser = HttpRequestParser(self)
         self._in_head = True
         self._head_bytes = 0
@@ -773,7 +797,7 @@ class DownstreamConnection(asyncio.Protocol):
     def upgraded(self, exchange: Exchange, up: UpstreamConnection) -> None:
         """The origin accepted an Upgrade: from now on both sides are relayed as bytes."""
         self._upgrade_body_left = 0  # what is still to come of the body goes to the origin as it is, like the rest
-        self._ends.end(exchange, Outcome.UPGRADED)
+        self._ends.end(exchange, _UPGRADED)
         self.current = None
         tunnel = self._tunnel
         if tunnel is None:  # not reached: an Upgrade is only sent where llhttp stopped at it

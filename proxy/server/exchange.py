@@ -81,19 +81,28 @@ class ExchangeObserver(Protocol):
 class ExchangeEnds:
     """The one end of every exchange: stamps it and tells the observers, exactly once per exchange.
 
-    The clocks are given, so that a test can drive time: `now` is monotonic, `wall` seconds since the epoch."""
+    The clocks are given, so that a test can drive time: `now` is monotonic, `wall` seconds since the epoch. The
+    wall clock is not read per exchange: its offset from the monotonic one is, once at the start and again at each
+    `resync` (the listeners' timeout tick), so a span's start is the monotonic reading plus the offset, and a step of
+    the wall clock shows from the next tick on."""
 
-    __slots__ = ("_observers", "now", "wall")
+    __slots__ = ("_observers", "_wall_offset", "now", "wall")
 
     def __init__(
         self, now: Callable[[], float], wall: Callable[[], float], observers: Sequence[ExchangeObserver]
     ) -> None:
         self.now = now
         self.wall = wall
+        self._wall_offset = wall() - now()
         self._observers = tuple(observers)
 
     def begin(self, plan: RequestPlan) -> Exchange:
-        return Exchange(plan, self.now(), self.wall())
+        now = self.now()
+        return Exchange(plan, now, now + self._wall_offset)
+
+    def resync(self) -> None:
+        """Read the wall clock's offset from the monotonic one again."""
+        self._wall_offset = self.wall() - self.now()
 
     def end(self, exchange: Exchange, outcome: Outcome, status: int = -1) -> None:
         """End `exchange` with `outcome` (and `status`, when the proxy answered it itself); a second end of the same
@@ -103,8 +112,10 @@ class ExchangeEnds:
         exchange.outcome = outcome
         if status >= 0:
             exchange.status = status
-        exchange.ended = self.now()
-        exchange.ended_wall = self.wall()
+        ended = exchange.ended = self.now()
+        # As sentry-sdk times a span: the wall-clock start, and the duration from the monotonic clock (a wall clock
+        # set back mid-exchange cannot make a span end before it began).
+        exchange.ended_wall = exchange.started_wall + (ended - exchange.started)
         for observer in self._observers:
             observer.exchange_ended(exchange)
 

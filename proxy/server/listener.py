@@ -121,6 +121,7 @@ class Listener:
             tick = self._tick
             try:
                 self.pool.sweep(now, tick)  # first: it also refreshes the clock the connections stamp activity with
+                self.services.ends.resync()
             except Exception:
                 log.exception("sweeping idle origin connections failed")
             limit = now - self._idle_timeout - tick

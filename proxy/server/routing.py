@@ -37,23 +37,21 @@ class Router(Protocol):
         """Where a CONNECT goes; RequestRejected if this front end does not tunnel it there."""
         ...
 
-    def loops_back(self, origin: Origin) -> bool:
-        """Whether `origin` is this proxy's own listener (a request sent there would come back forever)."""
-        ...
+    # The origins that are this proxy's own listener (host names and port): a request sent there would come back
+    # forever. Set through `listening_on` once the listener knows its port, before it accepts a connection.
+    own_origins: frozenset[Origin]
 
-    def listening_on(self, origins: frozenset[Origin]) -> None:
-        """The names and port the listener is bound to, once it knows its port: what `loops_back` matches."""
-        ...
+    def listening_on(self, origins: frozenset[Origin]) -> None: ...
 
 
 class ForwardRouter:
     """The forward proxy's routing: absolute-form targets and CONNECT, anywhere but back into the proxy."""
 
-    __slots__ = ("policy", "self_keys")
+    __slots__ = ("own_origins", "policy")
 
-    def __init__(self, policy: RequestPolicy, self_keys: frozenset[Origin] = frozenset()) -> None:
+    def __init__(self, policy: RequestPolicy, own_origins: frozenset[Origin] = frozenset()) -> None:
         self.policy = policy
-        self.self_keys = self_keys  # the names and port this proxy listens on
+        self.own_origins = own_origins
 
     def plan(
         self,
@@ -68,14 +66,11 @@ class ForwardRouter:
 
     def connect(self, target: bytes) -> Origin:
         host, port = plan_connect(target, self.policy.connect_ports)
-        if (host, port) in self.self_keys:
+        if (host, port) in self.own_origins:
             raise RequestRejected(
                 508, f"CONNECT to {host}:{port} would loop back into trace-proxy", "proxy_loop_detected"
             )
         return host, port
 
-    def loops_back(self, origin: Origin) -> bool:
-        return origin in self.self_keys
-
     def listening_on(self, origins: frozenset[Origin]) -> None:
-        self.self_keys = origins
+        self.own_origins = origins
