@@ -97,11 +97,11 @@ def test_refused_upgrade_then_eof_closes_after_the_response(pb: Playbook) -> Non
 
 
 def test_upgrade_with_a_content_length_body(pb: Playbook) -> None:
-    head = UPGRADE[:-2] + b"Content-Length: 5\r\n\r\n"
+    head = UPGRADE[:-2] + b"Content-Length: 4\r\n\r\n"
     pb.client_sends(head + b"bo")
     origin = pb.connects[0].succeed()
     assert origin.take() == (
-        b"GET /ws HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 5\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"GET /ws HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 4\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
         b"\r\nbo"
     )
     pb.client_sends(b"dyAFTER")
