@@ -325,9 +325,16 @@ class Connect:
     def pending(self) -> bool:
         return not self.future.done()
 
-    def succeed(self) -> Origin:
+    def succeed(self, *, first: bytes = b"", then_eof: bool = False) -> Origin:
+        """The connection is up. `first`: what the origin sends at once, and `then_eof`: whether it half-closes,
+        before the proxy's connect returns (a target that speaks first)."""
         origin = Origin(self._pb, self._protocol, self.host, self.port)
         self._pb.origins.append(origin)
+        if first:
+            origin._inbox.append(first)
+        if then_eof:
+            origin._inbox.append(_EOF)
+        origin._deliver()
         self.future.set_result((origin.transport, self._protocol))
         self._pb.settle()
         return origin
