@@ -355,7 +355,9 @@ class Connect:
         self.fail(socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
 
     def __repr__(self) -> str:
-        return f"<Connect {self.host}:{self.port}{' tunnel' if self.tunnel else ''}{' pending' if self.pending else ''}>"
+        return (
+            f"<Connect {self.host}:{self.port}{' tunnel' if self.tunnel else ''}{' pending' if self.pending else ''}>"
+        )
 
 
 class _Errors(logging.Handler):

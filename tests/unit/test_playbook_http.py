@@ -3,6 +3,8 @@ responses and close-delimited bodies (see tests/helpers/playbook.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tests.helpers.playbook import Playbook
 
 GET_A = b"GET http://origin.test/a HTTP/1.1\r\nHost: origin.test\r\nAccept: */*\r\n\r\n"
@@ -194,7 +196,7 @@ def test_hop_by_hop_headers_are_not_forwarded(pb: Playbook) -> None:
     assert origin.written == b"GET /a HTTP/1.1\r\nHost: origin.test\r\nX-Kept: 2\r\n\r\n"
 
 
-def test_client_from_outside_allow_clients_gets_403(make_pb) -> None:  # type: ignore[no-untyped-def]
+def test_client_from_outside_allow_clients_gets_403(make_pb: Callable[..., Playbook]) -> None:
     pb = make_pb(peer=("10.1.2.3", 5555))
     assert pb.client.written.startswith(b"HTTP/1.1 403 ")
     assert b"error=http_request_denied" in pb.client.written

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from tests.helpers.playbook import Origin, Playbook, error_response
 
-UPGRADE = b"GET http://origin.test/ws HTTP/1.1\r\nHost: origin.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+UPGRADE = (
+    b"GET http://origin.test/ws HTTP/1.1\r\nHost: origin.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+)
 UPGRADE_UP = b"GET /ws HTTP/1.1\r\nHost: origin.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
 SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
 GET_B = b"GET http://origin.test/b HTTP/1.1\r\nHost: origin.test\r\n\r\n"
