@@ -88,6 +88,7 @@ class FakeTransport:
         self.reading = True
         self.buffer_size = 0
         self.can_eof = True
+        self.fill_at: int | None = None  # the write that takes the total written to this many bytes fills the buffer
 
     # -- what asyncio.Transport offers ---------------------------------------------------------------------------
 
@@ -100,6 +101,12 @@ class FakeTransport:
         if data:
             self.chunks.append(bytes(data))
             self._peer._written()
+            limit = self.fill_at
+            if limit is not None and sum(map(len, self.chunks)) >= limit and not self.buffer_size:
+                # As uvloop: a write that takes the buffer over its high-water mark calls pause_writing at once.
+                self.fill_at = None
+                self.buffer_size = 1 << 20
+                self._peer.protocol.pause_writing()
 
     def writelines(self, chunks: Sequence[bytes]) -> None:
         self.write(b"".join(chunks))
@@ -232,6 +239,11 @@ class Peer:
         self.transport.buffer_size = 1 << 20
         self.protocol.pause_writing()
         self._pb.settle()
+
+    def buffer_fills_at(self, total: int) -> None:
+        """The write that takes what was written to this peer to `total` bytes fills the socket buffer: the
+        protocol's pause_writing is called inside that write, as uvloop does."""
+        self.transport.fill_at = total
 
     def drained(self) -> None:
         """The socket buffer drained: resume_writing()."""

@@ -196,3 +196,26 @@ def test_accepted_upgrade_is_a_request_with_status_101(pb: Playbook) -> None:
     origin.sends(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ws\r\n\r\n")
     origin.lost()
     assert pb.counts() == {"requests": 1, "by_status": {101: 1}}
+
+
+@pytest.mark.xfail(strict=True, reason="bug: an origin paused by the response's last write goes to the pool paused")
+def test_buffer_filled_by_the_last_write_of_a_response_and_drained_later(pb: Playbook) -> None:
+    origin = in_flight(pb)
+    pb.client.buffer_fills_at(len(OK))
+    origin.sends(OK)  # the whole response in one read, and the write fills the client's buffer
+    assert pb.client.written == OK
+    assert pb.idle_origins() == 1
+    pb.client_drained()
+    pb.client_sends(GET)
+    assert origin.written == GET_UP + GET_UP  # the pooled connection, reused
+    origin.sends(OK)
+    assert pb.client.written == OK + OK
+
+
+def test_buffer_filled_by_a_response_write_pauses_the_origin(pb: Playbook) -> None:
+    origin = in_flight(pb)
+    pb.client.buffer_fills_at(len(HEAD_10) + 3)
+    origin.sends(HEAD_10 + b"abc")
+    assert not origin.reading
+    pb.client_drained()
+    assert origin.reading
