@@ -584,6 +584,8 @@ def playbooks() -> Iterator[Callable[..., Playbook]]:
     yield make
     for pb in made:
         errors = pb.logged_errors
+        late = [(peer, peer.late_writes) for peer in (pb.client, *pb.origins) if peer.late_writes]
         pb.close()
         if not pb.expect_errors:
             assert not errors, f"the proxy logged errors: {errors}"
+        assert not late, f"the proxy wrote to connections it had closed: {late}"

@@ -289,3 +289,11 @@ def test_client_sending_a_body_slowly_is_not_timed_out(pb: Playbook) -> None:
         pb.tick(20)
         pb.client_sends(piece)
     assert not pb.client.ended and not origin.ended
+
+
+def test_client_eof_inside_a_head_closes_without_an_answer(pb: Playbook) -> None:
+    pb.client_sends(b"GET http://origin.test/ HTTP/1.1\r\nHo")
+    pb.client_eof()
+    assert pb.client.closed
+    assert pb.client.written == b""
+    assert pb.connects == []

@@ -187,3 +187,17 @@ def test_client_eof_inside_a_body_is_400(pb: Playbook) -> None:
     )
     assert origin.aborted
     assert pb.counts() == {"requests": 1, "by_status": {400: 1}, "rejected": {400: 1}}
+
+
+def test_chunked_body_before_the_origin_connection_is_held(pb: Playbook) -> None:
+    pb.client_sends(CHUNKED_HEAD + b"3\r\nabc\r\n0\r\n\r\n")
+    origin = pb.connects[0].succeed()
+    assert origin.transport.chunks == [CHUNKED_HEAD_UP + b"3\r\nabc\r\n0\r\n\r\n"]
+
+
+def test_transfer_encoding_in_an_http10_request_is_400(pb: Playbook) -> None:
+    pb.client_sends(b"POST http://origin.test/u HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert pb.connects == []
+    assert pb.client.written == error_response(
+        400, "Transfer-Encoding is not allowed in an HTTP/1.0 request", "http_request_error"
+    )

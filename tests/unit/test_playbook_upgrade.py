@@ -140,3 +140,13 @@ def test_upgraded_connection_is_not_timed_out(pb: Playbook) -> None:
     origin = upgraded(pb)
     pb.tick(120)
     assert not pb.client.ended and not origin.ended
+
+
+def test_refused_upgrade_with_a_body_then_the_next_request(pb: Playbook) -> None:
+    pb.client_sends(UPGRADE[:-2] + b"Content-Length: 3\r\n\r\nabc" + GET_B)
+    origin = pb.connects[0].succeed()
+    assert origin.take().endswith(b"\r\n\r\nabc")
+    origin.sends(OK)
+    assert origin.take() == GET_B_UP
+    origin.sends(OK)
+    assert pb.client.written == OK + OK
