@@ -1,7 +1,7 @@
 """A playbook harness for the connection layer: the client and origin protocols driven by scripted events, with
 fake transports and a fake clock, no sockets (in the spirit of mitmproxy's proxy-core tests).
 
-This is the one module that builds `ForwardServer`, `ClientConnection` and `UpstreamConnection` objects and knows
+This is the one module that builds `Listener`, `DownstreamConnection` and `UpstreamConnection` objects and knows
 how they are wired (the pool, the sweep, the loop methods they call). Tests talk only to its vocabulary:
 
     pb = Playbook()
@@ -30,9 +30,13 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from proxy.server.admission import LOOPBACK, Network
-from proxy.server.forward import ClientConnection
+from proxy.server.connection_state import NAMES
+from proxy.server.downstream import DownstreamConnection
+from proxy.server.exchange import Exchange
 from proxy.server.http1 import RequestPolicy, error_response
-from proxy.server.listener import ForwardServer
+from proxy.server.listener import Listener
+from proxy.server.routing import ForwardRouter
+from proxy.server.services import ConnectionServices
 from proxy.server.upstream import UpstreamConnection
 from proxy.tracing import PropagationConfig, Propagator
 
@@ -301,7 +305,7 @@ class Origin(Peer):
 
     @property
     def tunnel(self) -> bool:
-        return bool(self.protocol.tunnel)
+        return self.protocol.relay is not None
 
     def _feed(self, data: bytes) -> None:
         # As uvloop reads into a BufferedProtocol: the buffer the protocol hands out, then how much was read into it.
@@ -330,7 +334,7 @@ class Connect:
         self.host = host
         self.port = port
         self._protocol = factory()
-        self.tunnel = bool(self._protocol.tunnel)
+        self.tunnel = self._protocol.relay is not None
         self.future: asyncio.Future[tuple[FakeTransport, UpstreamConnection]] = playbook.loop.create_future()
 
     @property
@@ -424,24 +428,33 @@ class Playbook:
             propagate_traceparent=False,
         )
         policy = RequestPolicy.create(Propagator(config, CountingIds()), connect_ports)
-        self.server = ForwardServer(
+        self.ended: list[Exchange] = []  # every exchange that ended, in order (an observer of the services)
+        self.services = ConnectionServices(
             self.loop,
-            policy,
-            host="127.0.0.1",
-            port=PROXY_PORT,
             connect_timeout=connect_timeout,
             idle_timeout=idle_timeout,
             splice_tunnels=False,
             splice_bodies=False,
+            observers=(self,),
+            wall=lambda: self.now + 1_700_000_000.0,
+        )
+        router = ForwardRouter(policy)
+        self.server = Listener(
+            self.services,
+            router,
+            name="forward",
+            host="127.0.0.1",
+            port=PROXY_PORT,
+            idle_timeout=idle_timeout,
             allow_clients=allow_clients,
             header_timeout=header_timeout,
         )
-        self.server.self_keys = frozenset(
-            (name, PROXY_PORT) for name in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::")
+        router.listening_on(
+            frozenset((name, PROXY_PORT) for name in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::"))
         )
         self.server._schedule_sweep()  # as start() does, without binding a socket
         self.client = Client(self, peer)
-        self.client.protocol = ClientConnection(self.server)
+        self.client.protocol = DownstreamConnection(self.services, router, self.server)
         self.client.protocol.connection_made(self.client.transport)
         self.settle()
 
@@ -542,7 +555,19 @@ class Playbook:
         origin.sends(response)
         return origin
 
-    # -- counters ------------------------------------------------------------------------------------------------
+    # -- counters, outcomes, state -------------------------------------------------------------------------------
+
+    def exchange_ended(self, exchange: Exchange) -> None:
+        self.ended.append(exchange)
+
+    def outcomes(self) -> list[tuple[str, int]]:
+        """(outcome, status) of every exchange that ended, in order."""
+        return [(str(e.outcome), e.status) for e in self.ended]
+
+    @property
+    def state(self) -> str:
+        """The client connection's state, by name (connection_state.NAMES)."""
+        return NAMES[self.client.protocol.state]
 
     def counts(self) -> dict[str, object]:
         """The Stats counters that are not zero: `requests`, `tunnels`, `by_status` and `rejected` (status: count)."""

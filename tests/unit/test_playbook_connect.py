@@ -186,7 +186,9 @@ def test_request_back_into_the_proxy_is_508(pb: Playbook) -> None:
     assert pb.client.written == error_response(
         508, "request to 127.0.0.1:3128 would loop back into trace-proxy", "proxy_loop_detected"
     )
-    assert pb.counts() == {"requests": 1, "by_status": {508: 1}}
+    assert pb.counts() == {"rejected": {508: 1}}  # answered by the proxy, never forwarded
+    assert pb.outcomes() == [("refused", 508)]
+    assert pb.state == "LINGERING"
 
 
 def test_request_to_the_proxy_port_on_another_host_is_forwarded(pb: Playbook) -> None:
