@@ -128,6 +128,7 @@ class DownstreamConnection(asyncio.Protocol):
         self._tunnel: Tunnel | None = None  # UPGRADING, CONNECTING, TUNNEL: the relay, open or not yet
         self._fd = -1  # the socket's descriptor, once a response body was spliced into it
         self._upgrade_body_left = 0  # body bytes of an Upgrade request still to come (llhttp leaves them to us)
+        self._write_blocked = False  # the socket's write buffer is past its high-water mark (pause_writing)
 
     def _enter(self, state: int) -> None:
         """Change state, along the transitions connection_state allows (InvalidTransition otherwise)."""
@@ -276,11 +277,13 @@ class DownstreamConnection(asyncio.Protocol):
         return None
 
     def pause_writing(self) -> None:
+        self._write_blocked = True
         peer = self._peer_transport()
         if peer is not None:
             peer.pause_reading()
 
     def resume_writing(self) -> None:
+        self._write_blocked = False
         tunnel = self._tunnel
         if tunnel is not None and tunnel.splice is not None:
             return  # the loop must not read a spliced socket
@@ -454,6 +457,8 @@ class DownstreamConnection(asyncio.Protocol):
 
     def _attach(self, exchange: Exchange, up: UpstreamConnection) -> None:
         exchange.upstream = up
+        if self._write_blocked:
+            up.transport.pause_reading()  # the response waits until this connection's buffer drains
         pending = exchange.pending
         if pending is None:
             up.send_request(self, exchange, exchange.plan.head)
@@ -480,7 +485,12 @@ class DownstreamConnection(asyncio.Protocol):
         self._ends.end(exchange, _COMPLETE)
         if exchange is not self.current:
             return
+        up = exchange.upstream
         exchange.upstream = None
+        if self._paused & _UPSTREAM:
+            self._resume(_UPSTREAM)  # that origin's full buffer is no longer this connection's to wait for
+        if self._write_blocked and up is not None and not up.transport.is_closing():
+            up.transport.resume_reading()  # paused for this connection's full buffer: it is the pool's now
         if not exchange.body_done:
             # Answered before the client finished sending its body: what it still sends is read and dropped for a
             # moment, so that a close does not reset the answer away (RFC 9112 §9.6).
@@ -741,6 +751,8 @@ class DownstreamConnection(asyncio.Protocol):
         up.client = self  # for flow control: its writes pause this connection's reading
         up.relay = tunnel
         tunnel.bind_target(up.transport)
+        if self._write_blocked:
+            up.transport.pause_reading()
         tunnel.start(self._services.loop if splice else None)
         self._resume(_PENDING)
 

@@ -130,6 +130,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         "reused",
         "tls",
         "transport",
+        "write_blocked",
     )
 
     def __init__(self, pool: UpstreamPool, key: Key, relay: Tunnel | None = None, tls: bool = False) -> None:
@@ -143,6 +144,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.reused = False
         self.closed = False
         self.relay = relay  # the tunnel this connection is the target end of (CONNECT, accepted Upgrade)
+        self.write_blocked = False  # the socket's write buffer is past its high-water mark (pause_writing)
         self.idle_since = 0.0
         self.last_active = 0.0
         self.got_bytes = False
@@ -179,6 +181,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.last_active = self.pool.coarse_now
         if not exchange.plan.http11:
             self.parser = HttpResponseParser(_Dechunker(self))
+        if self.write_blocked:
+            # Still full from the last exchange (pause_writing is only called when the buffer fills): this client
+            # waits too, until resume_writing.
+            client.pause_for_upstream()
         self.transport.write(data)
 
     @property
@@ -403,10 +409,12 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             log.error("internal error on an idle origin connection: dropped", exc_info=exc)
 
     def pause_writing(self) -> None:
+        self.write_blocked = True
         if self.client is not None:
             self.client.pause_for_upstream()
 
     def resume_writing(self) -> None:
+        self.write_blocked = False
         if self.client is not None:
             self.client.resume_for_upstream()
 

@@ -3,8 +3,6 @@ the middle of an exchange, and of the counters each kind of ending leaves (see t
 
 from __future__ import annotations
 
-import pytest
-
 from tests.helpers.playbook import Origin, Playbook
 
 GET = b"GET http://origin.test/a HTTP/1.1\r\nHost: origin.test\r\n\r\n"
@@ -64,7 +62,6 @@ def test_reading_resumes_only_when_every_reason_is_gone(pb: Playbook) -> None:
     assert pb.client.reading
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a full buffer to the previous origin keeps the client paused")
 def test_full_buffer_to_the_previous_origin_does_not_hold_the_next_exchange(pb: Playbook) -> None:
     pb.client_sends(POST + b"abcdef" + b"GET http://other.test/ HTTP/1.1\r\nHost: other.test\r\n\r\n")
     first = pb.connects[0].succeed()
@@ -197,7 +194,6 @@ def test_accepted_upgrade_is_a_request_with_status_101(pb: Playbook) -> None:
     assert pb.counts() == {"requests": 1, "by_status": {101: 1}}
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an origin paused by the response's last write goes to the pool paused")
 def test_buffer_filled_by_the_last_write_of_a_response_and_drained_later(pb: Playbook) -> None:
     origin = in_flight(pb)
     pb.client.buffer_fills_at(len(OK))
