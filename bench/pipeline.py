@@ -87,7 +87,7 @@ def run(count: int) -> float:
     sentry = SentrySettings(dsn="https://pk123@o42.ingest.sentry.io/7", traces_sample_rate=1.0)
     policy = RequestPolicy.create(build_propagator(Settings(sentry=sentry), {}), ())
     services = ConnectionServices(loop, connect_timeout=5.0, idle_timeout=3600.0)
-    router = ForwardRouter(policy)
+    router = ForwardRouter(policy, services.plan_cache)
     server = Listener(services, router, name="forward", host="127.0.0.1", port=3128, idle_timeout=3600.0)
     client_side, origin_side = Transport(), Transport()
     client = DownstreamConnection(services, router, server)

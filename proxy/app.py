@@ -67,7 +67,7 @@ def _forward_server(settings: Settings, loop: asyncio.AbstractEventLoop, reuse_p
     policy = RequestPolicy.create(build_propagator(settings, os.environ), fwd.connect_ports)
     return Listener(
         services,
-        ForwardRouter(policy),
+        ForwardRouter(policy, services.plan_cache),
         name="forward",
         host=fwd.listen.host,
         port=fwd.listen.port,

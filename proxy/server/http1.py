@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 from proxy.tracing import Decision, Propagator, TraceSource
@@ -95,8 +95,6 @@ class RequestPolicy:
     connect_ports: frozenset[int]  # empty = any
     # Lowercase names that never go out as they came: hop-by-hop, framing, Host, and the trace headers.
     special_names: frozenset[bytes] = _REQUEST_SPECIAL
-    # A sidecar talks to few origins: their parsed authorities are kept rather than parsed per request.
-    authorities: dict[bytes, tuple[str, int]] = field(default_factory=dict)
 
     @classmethod
     def create(cls, propagator: Propagator, connect_ports: Sequence[int]) -> RequestPolicy:
@@ -107,6 +105,29 @@ class RequestPolicy:
             connect_ports=frozenset(connect_ports),
             special_names=_REQUEST_SPECIAL | names,
         )
+
+
+class PlanCache:
+    """What planning remembers between requests, so as not to do the same work on every one: an object the I/O side
+    owns (one per process, in `ConnectionServices`) and passes in; without one, planning remembers nothing.
+
+    - `authorities`: a sidecar talks to few origins, so a request target's authority is parsed once, not per
+      request (only authorities `split_authority` accepted; at most AUTHORITIES_MAX, then it starts over).
+    - `responses`: what `plan_response` found for the usual heads it relays unchanged, by the head's bytes. An
+      origin's responses to the same requests differ in their Date line only, from one second to the next: their
+      head is then scanned once a second, not once a request (hashing it costs a tenth of scanning it). Heads longer
+      than RESPONSE_HEAD_MAX are not kept, so the memory this takes stays under RESPONSES_MAX x 2 KiB.
+    """
+
+    __slots__ = ("authorities", "responses")
+
+    AUTHORITIES_MAX: Final = 4096
+    RESPONSES_MAX: Final = 256
+    RESPONSE_HEAD_MAX: Final = 2048
+
+    def __init__(self) -> None:
+        self.authorities: dict[bytes, tuple[str, int]] = {}
+        self.responses: dict[bytes, tuple[Framing, int]] = {}
 
 
 class RequestPlan(NamedTuple):
@@ -244,30 +265,34 @@ def plan_request(
     headers: Sequence[tuple[bytes, bytes]],
     policy: RequestPolicy,
     dropped: frozenset[bytes] = frozenset(),
+    cache: PlanCache | None = None,
 ) -> RequestPlan:
     """Validate an absolute-form request and write the head the origin receives.
 
     The origin gets an HTTP/1.1 request in origin form with `Host` set from the target (RFC 9112 §3.2.2), no
     hop-by-hop header, the body framing the proxy will write, and the trace headers the propagator decided.
-    `dropped`: the field names the request's Connection header named (found on a first pass; rare).
+    `dropped`: the field names the request's Connection header named (found on a first pass; rare). `cache`: what
+    to remember parsed authorities in (see PlanCache).
     """
     start = 7 if target.startswith(b"http://") else _scheme_length(target)
     slash = target.find(b"/", start)
     authority = target[start:slash] if slash >= 0 else target[start:]
     # Only authorities that split_authority accepted are cached, and it refuses `?` and `#`: for one seen before, the
     # path starts at the first `/`. A new one is searched for a `?` or `#` that ends it sooner.
-    origin = policy.authorities.get(authority)
+    known = _NOTHING_KNOWN if cache is None else cache.authorities
+    origin = known.get(authority)
     if origin is None:
         for stop in (target.find(b"?", start), target.find(b"#", start)):
             if stop >= 0 and (slash < 0 or stop < slash):
                 slash = stop
         authority = target[start:slash] if slash >= 0 else target[start:]
-        origin = policy.authorities.get(authority)
+        origin = known.get(authority)
         if origin is None:
             origin = split_authority(authority, 80)
-            if len(policy.authorities) >= 4096:
-                policy.authorities.clear()
-            policy.authorities[authority] = origin
+            if cache is not None:
+                if len(known) >= PlanCache.AUTHORITIES_MAX:
+                    known.clear()
+                known[authority] = origin
     path = target[slash:] if slash >= 0 else b""
     if path:
         # find, not `in`: bytes.__contains__ first tries its argument as an int and formats a TypeError for it.
@@ -328,7 +353,7 @@ def plan_request(
         # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1): plan again without them.
         dropped = frozenset(named) - _FRAMING_NAMES
         if dropped:
-            return plan_request(method, target, http11, keep_alive, upgrade, headers, policy, dropped)
+            return plan_request(method, target, http11, keep_alive, upgrade, headers, policy, dropped, cache)
     if hosts != 1 and (hosts > 1 or http11):
         raise RequestRejected(400, "more than one Host header" if hosts else "HTTP/1.1 request without a Host header")
     if body is Framing.CHUNKED:
@@ -370,6 +395,7 @@ def _scheme_length(target: bytes) -> int:
 
 
 _NO_CARRIER: dict[str, list[str]] = {}  # never written to
+_NOTHING_KNOWN: Final[dict[bytes, tuple[str, int]]] = {}  # planning without a cache: never written to
 _UNTOUCHED = Decision(
     source=TraceSource.UNTOUCHED,
     trace_id=None,
@@ -438,6 +464,7 @@ def plan_response(
     client_http11: bool,
     client_keep_alive: bool,
     force_close: bool,
+    cache: PlanCache | None = None,
 ) -> ResponsePlan:
     """The head the client receives for an origin's final (or 1xx interim) response, and the body framing.
 
@@ -447,17 +474,20 @@ def plan_response(
 
     The usual response (HTTP/1.1, a Content-Length, no hop-by-hop field but perhaps `Connection: keep-alive`) to a
     client that stays open is relayed unchanged: a `Connection: keep-alive` then is the proxy's own option for
-    the client connection, which RFC 9110 §7.6.1 allows in place of the origin's.
+    the client connection, which RFC 9110 §7.6.1 allows in place of the origin's. What was found for such a head
+    is remembered in `cache` (see PlanCache).
     """
     usual = (
-        client_http11
+        cache is not None
+        and client_http11
         and client_keep_alive
         and not force_close
         and not request_is_head
-        and len(head) <= _USUAL_PLAN_HEAD_BYTES
+        and len(head) <= PlanCache.RESPONSE_HEAD_MAX
     )
     if usual:
-        known = _USUAL_PLANS.get(head)
+        assert cache is not None
+        known = cache.responses.get(head)
         if known is not None:
             return _new_tuple(ResponsePlan, (head, known[0], known[1], False, False))
     lower = head.lower()
@@ -474,9 +504,11 @@ def plan_response(
             no_body = request_is_head or status == 204 or status == 304
             framing = Framing.NONE if no_body else Framing.LENGTH
             if usual:
-                if len(_USUAL_PLANS) >= _USUAL_PLANS_MAX:
-                    _USUAL_PLANS.clear()  # cheaper than LRU bookkeeping; the heads in use come back within a second
-                _USUAL_PLANS[head] = (framing, length)
+                assert cache is not None
+                plans = cache.responses
+                if len(plans) >= PlanCache.RESPONSES_MAX:
+                    plans.clear()  # cheaper than LRU bookkeeping; the heads in use come back within a second
+                plans[head] = (framing, length)
             return _new_tuple(ResponsePlan, (head, framing, length, False, False))
     return _rewrite_response(
         status,
@@ -488,15 +520,6 @@ def plan_response(
         client_keep_alive,
         force_close,
     )
-
-
-# What `plan_response` found for the usual heads it relays unchanged, by the head's bytes. An origin's responses to
-# the same requests differ in their Date line only, from one second to the next: their head is then scanned once a
-# second, not once a request (hashing it costs a tenth of scanning it). A head seen once costs one insertion. Heads
-# longer than usual are not kept, so the memory this takes stays under 256 x 2 KiB.
-_USUAL_PLANS: Final[dict[bytes, tuple[Framing, int]]] = {}
-_USUAL_PLANS_MAX: Final = 256
-_USUAL_PLAN_HEAD_BYTES: Final = 2048
 
 
 def _content_length(lower: bytes) -> int:

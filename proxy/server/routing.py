@@ -11,11 +11,12 @@ the compiled build (whose classes interpreted code cannot subclass) serves them 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
-from proxy.server.http1 import RequestPlan, RequestPolicy, RequestRejected, plan_connect, plan_request
+from proxy.server.http1 import PlanCache, RequestPlan, RequestPolicy, RequestRejected, plan_connect, plan_request
 
 Origin = tuple[str, int]
+_NOTHING_DROPPED: Final[frozenset[bytes]] = frozenset()
 
 
 class Router(Protocol):
@@ -47,10 +48,13 @@ class Router(Protocol):
 class ForwardRouter:
     """The forward proxy's routing: absolute-form targets and CONNECT, anywhere but back into the proxy."""
 
-    __slots__ = ("own_origins", "policy")
+    __slots__ = ("cache", "own_origins", "policy")
 
-    def __init__(self, policy: RequestPolicy, own_origins: frozenset[Origin] = frozenset()) -> None:
+    def __init__(
+        self, policy: RequestPolicy, cache: PlanCache | None = None, own_origins: frozenset[Origin] = frozenset()
+    ) -> None:
         self.policy = policy
+        self.cache = cache  # the process's (ConnectionServices.plan_cache): parsed authorities
         self.own_origins = own_origins
 
     def plan(
@@ -62,7 +66,9 @@ class ForwardRouter:
         upgrade: bool,
         headers: Sequence[tuple[bytes, bytes]],
     ) -> RequestPlan:
-        return plan_request(method, target, http11, keep_alive, upgrade, headers, self.policy)
+        return plan_request(
+            method, target, http11, keep_alive, upgrade, headers, self.policy, _NOTHING_DROPPED, self.cache
+        )
 
     def connect(self, target: bytes) -> Origin:
         host, port = plan_connect(target, self.policy.connect_ports)

@@ -1,5 +1,6 @@
 """What every connection of a process shares, whatever listener accepted it: the origin pool, the end of every
-exchange (and through it the counters and other observers), the tasks connections start, and the clocks.
+exchange (and through it the counters and other observers), what planning remembers, the tasks connections start,
+and the clocks.
 
 One instance per process (per worker), built before the listeners and given to each of them, so that the forward
 listener and later front ends pool origin connections together and report through the same observers.
@@ -14,6 +15,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from proxy.server.exchange import ExchangeEnds, ExchangeObserver, ResponseSink
+from proxy.server.http1 import PlanCache
 from proxy.server.upstream import UpstreamPool
 from proxy.stats import Stats
 
@@ -36,7 +38,8 @@ class ConnectionServices:
     ) -> None:
         self.loop = loop
         self.now = loop.time
-        self.pool = UpstreamPool(loop, connect_timeout, idle_timeout, splice_bodies)
+        self.plan_cache = PlanCache()  # what planning remembers, for every listener's router and the pool
+        self.pool = UpstreamPool(loop, connect_timeout, idle_timeout, splice_bodies, self.plan_cache)
         self.stats = Stats()
         # The counters are the first observer of every exchange; the others are told in the order given.
         self.ends = ExchangeEnds(loop.time, wall, (self.stats, *observers))

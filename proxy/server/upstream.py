@@ -22,7 +22,7 @@ import ssl
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from proxy.server.exchange import Exchange, ResponseSink
-from proxy.server.http1 import MAX_HEAD_BYTES, Framing, ResponsePlan, plan_response, plan_switching_protocols
+from proxy.server.http1 import MAX_HEAD_BYTES, Framing, PlanCache, ResponsePlan, plan_response, plan_switching_protocols
 from proxy.server.splice import BodyPipe, socket_fd
 from proxy.server.tunnel import Tunnel
 
@@ -467,6 +467,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             client_keep_alive=request.keep_alive,  # a refused Upgrade leaves an ordinary HTTP connection
             # An answer before the request's body ended closes the client connection after it (RFC 9112 §9.6).
             force_close=self.client.closing_after_response or not exchange.body_done,
+            cache=self.pool.plan_cache,
         )
         if status < 200:
             if request.http11:
@@ -570,8 +571,10 @@ class UpstreamPool:
         connect_timeout: float,
         idle_timeout: float,
         splice_bodies: bool = True,
+        plan_cache: PlanCache | None = None,
     ) -> None:
         self._loop = loop
+        self.plan_cache = plan_cache  # what response planning remembers (see http1.PlanCache)
         self.head_buffer = memoryview(bytearray(_HEAD_READ_BYTES))
         self.read_buffer = memoryview(bytearray(_READ_BYTES))
         self.body_pipe = BodyPipe.open() if splice_bodies else None

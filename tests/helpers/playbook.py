@@ -438,7 +438,7 @@ class Playbook:
             observers=(self,),
             wall=lambda: self.now + 1_700_000_000.0,
         )
-        router = ForwardRouter(policy)
+        router = ForwardRouter(policy, self.services.plan_cache)
         self.server = Listener(
             self.services,
             router,

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import proxy.tracing.propagator
-from proxy.server import http1
 from proxy.server.http1 import (
     ORIGIN_FORM_HELP,
     Framing,
+    PlanCache,
     RequestPlan,
     RequestPolicy,
     RequestRejected,
@@ -111,11 +111,13 @@ def request(
     upgrade: bool = False,
     policy: RequestPolicy | None = None,
     host: bool = True,
+    cache: PlanCache | None = None,
 ) -> RequestPlan:
     """plan_request with a client `Host: client.invalid` line first unless `host=False`."""
     if host:
         headers = [(b"Host", b"client.invalid"), *headers]
-    return plan_request(method, target, http11, keep_alive, upgrade, headers, policy or make_policy())
+    policy = policy or make_policy()
+    return plan_request(method, target, http11, keep_alive, upgrade, headers, policy, frozenset(), cache)
 
 
 def rejected(target: bytes, headers: Sequence[tuple[bytes, bytes]] = (), **kwargs: object) -> RequestRejected:
@@ -166,22 +168,22 @@ def names(head: bytes) -> list[bytes]:
 def test_absolute_form_becomes_origin_form(
     target: bytes, path: bytes, host_header: bytes | None, host: str | None, port: int
 ) -> None:
-    policy = make_policy(targets=[])
+    policy, cache = make_policy(targets=[]), PlanCache()
     host_header = host_header or b"example.com"
     for _ in ("new authority", "cached authority"):  # the cache must not change where the path starts
-        plan = request(target, policy=policy)
+        plan = request(target, policy=policy, cache=cache)
         assert plan.head == b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path, host_header)
         assert (plan.host, plan.port) == (host or "example.com", port)
-    assert list(policy.authorities) == [host_header]
+    assert list(cache.authorities) == [host_header]
 
 
 def test_cached_authority_does_not_swallow_a_query_or_fragment() -> None:
-    policy = make_policy(targets=[])
-    request(b"http://example.com/", policy=policy)
+    policy, cache = make_policy(targets=[]), PlanCache()
+    request(b"http://example.com/", policy=policy, cache=cache)
     for target, path in ((b"http://example.com?a/b", b"/?a/b"), (b"http://example.com#f/x", b"/")):
-        plan = request(target, policy=policy)
+        plan = request(target, policy=policy, cache=cache)
         assert plan.head == b"GET %s HTTP/1.1\r\nHost: example.com\r\n\r\n" % path
-    assert list(policy.authorities) == [b"example.com"]
+    assert list(cache.authorities) == [b"example.com"]
 
 
 def test_host_line_comes_from_the_target_not_the_client() -> None:
@@ -289,23 +291,23 @@ def test_connect_to_a_host_no_resolver_can_encode_is_refused() -> None:
 
 
 def test_bad_authority_is_not_cached() -> None:
-    policy = make_policy()
+    policy, cache = make_policy(), PlanCache()
     for _ in range(2):
         with pytest.raises(RequestRejected):
-            request(b"http://example.com:0/", policy=policy)
-    assert policy.authorities == {}
-    request(b"http://example.com:81/", policy=policy)
-    request(b"http://example.com:81/other", policy=policy)
-    assert policy.authorities == {b"example.com:81": ("example.com", 81)}
+            request(b"http://example.com:0/", policy=policy, cache=cache)
+    assert cache.authorities == {}
+    request(b"http://example.com:81/", policy=policy, cache=cache)
+    request(b"http://example.com:81/other", policy=policy, cache=cache)
+    assert cache.authorities == {b"example.com:81": ("example.com", 81)}
 
 
 def test_authority_cache_is_bounded() -> None:
-    policy = make_policy(targets=[])
+    policy, cache = make_policy(targets=[]), PlanCache()
     for i in range(5000):
-        plan = request(b"http://h%d.test/" % i, policy=policy)
+        plan = request(b"http://h%d.test/" % i, policy=policy, cache=cache)
         assert (plan.host, plan.port) == (f"h{i}.test", 80)
-        assert len(policy.authorities) <= 4096
-    plan = request(b"http://h1.test:90/", policy=policy)
+        assert len(cache.authorities) <= 4096
+    plan = request(b"http://h1.test:90/", policy=policy, cache=cache)
     assert (plan.host, plan.port) == ("h1.test", 90)
 
 
@@ -768,7 +770,9 @@ def test_a_head_seen_again_is_planned_the_same_and_relayed_as_the_new_bytes() ->
     first = b"HTTP/1.1 200 OK\r\nServer: o\r\nContent-Length: 7\r\nX-Seen: again\r\n\r\n"
     second = bytes(bytearray(first))  # equal bytes, another object
     flags = {"request_is_head": False, "client_http11": True, "client_keep_alive": True, "force_close": False}
-    plans = [plan_response(200, head, **flags) for head in (first, second)]
+    cache = PlanCache()
+    plans = [plan_response(200, head, **flags, cache=cache) for head in (first, second)]
+    assert first in cache.responses
     assert plans[0] == plans[1] == ResponsePlan(first, Framing.LENGTH, 7, False, False)
     assert plans[0].head is first and plans[1].head is second
 
@@ -789,28 +793,32 @@ def test_a_remembered_plan_is_only_for_the_same_kind_of_exchange(
 ) -> None:
     head = b"HTTP/1.1 200 OK\r\nServer: o\r\nContent-Length: 9\r\nX-Kind: %b\r\n\r\n" % ",".join(later).encode()
     usual = {"request_is_head": False, "client_http11": True, "client_keep_alive": True, "force_close": False}
-    assert plan_response(200, head, **usual).head is head
-    plan = plan_response(200, head, **{**usual, **later})
+    cache = PlanCache()
+    assert plan_response(200, head, **usual, cache=cache).head is head
+    assert head in cache.responses
+    plan = plan_response(200, head, **{**usual, **later}, cache=cache)
     assert (plan.upstream_framing, plan.close_client, plan.head is head) == expected
-    assert plan == plan_response(200, bytes(bytearray(head)), **{**usual, **later})  # and the same again
+    assert plan == plan_response(200, bytes(bytearray(head)), **{**usual, **later}, cache=cache)  # and the same again
     assert plan_response(200, head, **usual) == ResponsePlan(head, Framing.LENGTH, 9, False, False)
 
 
 def test_remembered_plans_stay_bounded() -> None:
     """Heads that never repeat (a request id in each) must not make the proxy's memory grow."""
     flags = {"request_is_head": False, "client_http11": True, "client_keep_alive": True, "force_close": False}
+    cache = PlanCache()
     for i in range(2000):
         head = b"HTTP/1.1 200 OK\r\nX-Request-Id: %d\r\nContent-Length: 1\r\n\r\n" % i
-        assert plan_response(200, head, **flags).upstream_framing is Framing.LENGTH
-    assert len(http1._USUAL_PLANS) <= 256
+        assert plan_response(200, head, **flags, cache=cache).upstream_framing is Framing.LENGTH
+    assert 0 < len(cache.responses) <= 256
 
 
 def test_long_heads_are_planned_but_not_remembered() -> None:
     """A head longer than usual (here 10 KiB of cookies) is planned every time rather than kept in memory."""
     head = b"HTTP/1.1 200 OK\r\nSet-Cookie: %b\r\nContent-Length: 3\r\n\r\n" % (b"c" * 10240)
     flags = {"request_is_head": False, "client_http11": True, "client_keep_alive": True, "force_close": False}
-    assert plan_response(200, head, **flags) == ResponsePlan(head, Framing.LENGTH, 3, False, False)
-    assert head not in http1._USUAL_PLANS
+    cache = PlanCache()
+    assert plan_response(200, head, **flags, cache=cache) == ResponsePlan(head, Framing.LENGTH, 3, False, False)
+    assert head not in cache.responses
 
 
 @pytest.mark.parametrize(
