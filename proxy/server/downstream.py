@@ -474,6 +474,12 @@ class DownstreamConnection(asyncio.Protocol):
         up.exchange = None
         up.transport.abort()
 
+    def _clear_current(self) -> None:
+        """No exchange in flight. (A method where the function goes on to read `current` after calls that may set
+        it again: after a plain `self.current = None`, mypy keeps `current` narrowed to None, and the compiled build
+        checks it as None at run time.)"""
+        self.current = None
+
     def _no_exchange(self) -> None:
         """The exchange in flight ended and none follows at once: ACTIVE becomes IDLE (other states stay)."""
         self.current = None
@@ -788,7 +794,7 @@ class DownstreamConnection(asyncio.Protocol):
         assert tunnel is not None
         held, eof = tunnel.take_held()
         self._tunnel = None
-        self.current = None
+        self._clear_current()  # not `self.current = None`: see _clear_current
         self._enter(IDLE)
         self._parser = HttpRequestParser(self)
         self._in_head = True

@@ -89,6 +89,21 @@ def test_refused_upgrade_then_held_bytes_are_the_next_request(pb: Playbook) -> N
     assert pb.counts() == {"requests": 2, "by_status": {200: 2}}
 
 
+def test_refused_upgrade_then_a_held_request_and_eof(pb: Playbook) -> None:
+    """The held bytes start a request and the client had half-closed: that request is served, then the connection
+    closes (the compiled build raised TypeError here: mypy had `current` narrowed to None across the parse)."""
+    pb.client_sends(UPGRADE + GET_B)
+    pb.client_eof()
+    origin = pb.connects[0].succeed()
+    origin.sends(OK)
+    assert origin.take() == UPGRADE_UP + GET_B_UP
+    assert pb.state == "ACTIVE"
+    origin.sends(OK)
+    assert pb.client.written == OK + OK
+    assert pb.client.closed
+    assert pb.outcomes() == [("complete", 200), ("complete", 200)]
+
+
 def test_refused_upgrade_then_eof_closes_after_the_response(pb: Playbook) -> None:
     pb.client_sends(UPGRADE)
     pb.client_eof()
