@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from proxy.server.http1 import Framing, RequestPlan
-from proxy.tracing import Decision, TraceSource
+from proxy.tracing import UNTOUCHED_DECISION
 
 if TYPE_CHECKING:
     from proxy.server.upstream import UpstreamConnection, UpstreamError
@@ -138,7 +138,7 @@ UNPLANNED = RequestPlan(
     upgrade=False,
     keep_alive=False,
     http11=True,
-    decision=Decision(TraceSource.UNTOUCHED, None, None, None, None, None, None, None),
+    decision=UNTOUCHED_DECISION,
 )
 
 

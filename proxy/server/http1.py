@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
-from proxy.tracing import Decision, Propagator, TraceSource
+from proxy.tracing import UNTOUCHED_DECISION, Decision, Propagator
 
 MAX_HEAD_BYTES = 64 * 1024
 _MAX_CONTENT_LENGTH = (1 << 63) - 1
@@ -53,10 +53,9 @@ _FRAMING_NAMES = frozenset({b"content-length", b"transfer-encoding", b"host"})
 # Tokens of Connection that name options rather than headers to drop.
 _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
 
-_REASONS = {
+_REASONS = {  # every status the proxy answers with itself
     400: "Bad Request",
     403: "Forbidden",
-    405: "Method Not Allowed",
     408: "Request Timeout",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
@@ -373,7 +372,7 @@ def plan_request(
         if decision.traceparent:
             parts += (b"traceparent: ", decision.traceparent.encode(), b"\r\n")
     else:
-        decision = _UNTOUCHED
+        decision = UNTOUCHED_DECISION
     parts.append(b"\r\n")
     return _new_tuple(
         RequestPlan, (origin, b"".join(parts), body, method == b"HEAD", upgrade, keep_alive, http11, decision)
@@ -396,16 +395,6 @@ def _scheme_length(target: bytes) -> int:
 
 _NO_CARRIER: dict[str, list[str]] = {}  # never written to
 _NOTHING_KNOWN: Final[dict[bytes, tuple[str, int]]] = {}  # planning without a cache: never written to
-_UNTOUCHED = Decision(
-    source=TraceSource.UNTOUCHED,
-    trace_id=None,
-    span_id=None,
-    parent_span_id=None,
-    sampled=None,
-    sentry_trace=None,
-    baggage=None,
-    traceparent=None,
-)
 
 
 # A response head line that is hop-by-hop (RFC 9110 §7.6.1), with the CRLF before it, searched in the lowercased

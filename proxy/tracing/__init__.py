@@ -7,6 +7,7 @@ for every outbound request; the rules are in ``docs/propagation.md``.
 from proxy.tracing.context import IncomingTrace
 from proxy.tracing.options import Dsn, PropagationConfig, parse_dsn
 from proxy.tracing.propagator import (
+    UNTOUCHED_DECISION,
     Carrier,
     Decision,
     IdSource,
@@ -16,6 +17,7 @@ from proxy.tracing.propagator import (
 )
 
 __all__ = [
+    "UNTOUCHED_DECISION",
     "Carrier",
     "Decision",
     "Dsn",

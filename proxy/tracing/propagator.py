@@ -68,7 +68,7 @@ class TraceSource(enum.Enum):
 
 Carrier: TypeAlias = Mapping[str, Sequence[str]]
 """Lowercase header name -> its values in order. Only the names the propagator reads
-(:attr:`Propagator.read_names`) need be present."""
+(:attr:`Propagator.strip_names`) need be present."""
 
 
 class IdSource(Protocol):
@@ -150,7 +150,8 @@ class _RequestBaggage(NamedTuple):
 _new_tuple: Final = tuple.__new__
 _ZERO_TRACE_ID: Final = "0" * 32
 _ZERO_SPAN_ID: Final = "0" * 16
-_UNTOUCHED: Final = Decision(TraceSource.UNTOUCHED, None, None, None, None, None, None, None)
+# The decision for a request whose URL the targets do not match: forwarded unchanged.
+UNTOUCHED_DECISION: Final = Decision(TraceSource.UNTOUCHED, None, None, None, None, None, None, None)
 _NO_BAGGAGE: Final = _RequestBaggage(EMPTY_DSC, (), None)
 _NOTHING_READ: Final[tuple[IncomingTrace | None, _RequestBaggage]] = (None, _NO_BAGGAGE)
 # A service sends the same baggage on every outbound call of one transaction: parse it once.
@@ -173,14 +174,12 @@ class Propagator:
         "_targets",
         "_traceparent",
         "match_all",
-        "read_names",
         "strip_names",
     )
 
     strip_names: frozenset[str]
-    """Lowercase names the I/O layer removes from a request it rewrites."""
-    read_names: frozenset[str]
-    """Lowercase names :meth:`decide` reads from the carrier."""
+    """Lowercase names the I/O layer removes from a request it rewrites: the ones :meth:`decide` reads from the
+    carrier, since every trace header it reads it also writes anew."""
     match_all: bool
     """Every URL gets trace headers (``trace_propagation_targets`` matches everything)."""
 
@@ -198,7 +197,6 @@ class Propagator:
         if config.propagate_traceparent:
             names.add(_TRACEPARENT)
         self.strip_names = frozenset(names)
-        self.read_names = frozenset(names)
 
         # The environment's trace is the same for every request: decide everything but the
         # span id now. One that fails the org checks (§6) is as good as none: requests without
@@ -266,7 +264,7 @@ class Propagator:
     def decide(self, url: str, request: Carrier) -> Decision:
         """The trace headers to write on the request to ``url`` (see the module docstring)."""
         if not self.match_all and not self._targets.matches(url):
-            return _UNTOUCHED
+            return UNTOUCHED_DECISION
         return self.decide_matched(request)
 
     def decide_matched(self, request: Carrier) -> Decision:
