@@ -39,29 +39,12 @@ from proxy.server.routing import ForwardRouter
 from proxy.server.services import ConnectionServices
 from proxy.server.upstream import UpstreamConnection
 from proxy.tracing import PropagationConfig, Propagator
+from tests.helpers.ids import CountingIds
 
 __all__ = ["PROXY_PORT", "Connect", "Peer", "Playbook", "error_response"]
 
 PROXY_PORT = 3128  # the port the proxy "listens" on: requests to localhost:3128 loop back into it
 _EOF = object()
-
-
-class CountingIds:
-    """Deterministic trace and span ids (counting up from 1), sample_rand 0.25: trace headers are exact bytes."""
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def new_trace_id(self) -> str:
-        self.n += 1
-        return f"{self.n:032x}"
-
-    def new_span_id(self) -> str:
-        self.n += 1
-        return f"{self.n:016x}"
-
-    def sample_rand(self) -> float:
-        return 0.25
 
 
 class Timer:

@@ -29,6 +29,7 @@ from proxy.server.http1 import (
     plan_switching_protocols,
 )
 from proxy.tracing import Carrier, Decision, PropagationConfig, Propagator, TraceSource
+from tests.helpers.ids import CountingIds
 
 DSN = "https://abc123@o42.ingest.sentry.io/7"
 # Only URLs containing "api.example" get trace headers.
@@ -61,24 +62,6 @@ HOP_BY_HOP = (
     b"proxy-authorization",
     b"proxy-authenticate",
 )
-
-
-class CountingIds:
-    """A deterministic IdSource: ids count up from 1 across trace and span ids; sample_rand is 0.25."""
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def new_trace_id(self) -> str:
-        self.n += 1
-        return f"{self.n:032x}"
-
-    def new_span_id(self) -> str:
-        self.n += 1
-        return f"{self.n:016x}"
-
-    def sample_rand(self) -> float:
-        return 0.25
 
 
 def make_propagator(*, targets: Sequence[str] = TARGETS, traceparent: bool = False) -> Propagator:
