@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Final
@@ -27,12 +27,26 @@ _ORG_HOST_RE: Final = re.compile(r"o([0-9]+)\.")
 
 @dataclass(frozen=True, slots=True)
 class Dsn:
-    """The parts of a Sentry DSN that tracing needs."""
+    """A Sentry DSN: what tracing reads of it (public key, host, org id, project id), and what a client that sends
+    to Sentry needs besides (scheme, port, the path before the project id), as sentry-sdk's `Dsn` has them.
+
+    Equality is that of the tracing fields: the DSC a DSN gives does not depend on how its server is reached."""
 
     public_key: str
     host: str
     org_id: str | None
     project_id: str
+    scheme: str = field(default="https", compare=False)
+    port: int = field(default=443, compare=False)  # explicit in the DSN, or the scheme's default
+    path: str = field(default="/", compare=False)  # before the project id, ending in "/" (a self-hosted prefix)
+
+    @property
+    def envelope_url(self) -> str:
+        """Where envelopes (events, spans) for this DSN's project go: sentry-sdk's envelope endpoint."""
+        host = f"[{self.host}]" if ":" in self.host else self.host  # sentry-sdk leaves an IPv6 host unbracketed
+        default = 443 if self.scheme == "https" else 80
+        netloc = host if self.port == default else f"{host}:{self.port}"
+        return f"{self.scheme}://{netloc}{self.path}api/{self.project_id}/envelope/"
 
 
 def parse_dsn(dsn: str) -> Dsn:
@@ -67,6 +81,9 @@ def parse_dsn(dsn: str) -> Dsn:
         host=host,
         org_id=org.group(1) if org else None,
         project_id=project_id,
+        scheme=parts.scheme,
+        port=parts.port if parts.port is not None else 443 if parts.scheme == "https" else 80,
+        path=parts.path.rstrip("/").rpartition("/")[0] + "/",
     )
 
 

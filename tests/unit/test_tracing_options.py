@@ -7,8 +7,10 @@ import math
 from typing import Any
 
 import pytest
+import sentry_sdk.utils
 from hypothesis import given
 from hypothesis import strategies as st
+from sentry_sdk.consts import EndpointType
 
 from proxy.tracing import Dsn, PropagationConfig, parse_dsn
 from proxy.tracing.options import format_sample_rate
@@ -169,3 +171,60 @@ def test_targets_agree_with_re_search(url: str, patterns: list[str]) -> None:
 
     assert PropagationTargets(patterns).matches(url) == any(re.search(p, url) for p in patterns)
     assert PropagationTargets([*patterns, ".*"]).matches(url)
+
+
+# -- what a client sending to Sentry needs: checked against sentry-sdk's own Dsn ------------------------------------
+
+
+def _sdk_view(dsn: str) -> tuple[str, str, int, str, str, str, str]:
+    """sentry-sdk's reading of `dsn`: scheme, host, port, path, project id, public key, envelope URL."""
+    sdk = sentry_sdk.utils.Dsn(dsn)
+    url = sdk.to_auth().get_api_url(EndpointType.ENVELOPE)
+    return sdk.scheme, sdk.host, sdk.port, sdk.path, sdk.project_id, sdk.public_key, url
+
+
+def _our_view(dsn: str) -> tuple[str, str, int, str, str, str, str]:
+    ours = parse_dsn(dsn)
+    return ours.scheme, ours.host, ours.port, ours.path, ours.project_id, ours.public_key, ours.envelope_url
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "https://pk123@o42.ingest.sentry.io/7",  # SaaS
+        "https://pk123@o42.ingest.us.sentry.io/4508",
+        "http://abc:secret@127.0.0.1:9000/7",  # self-hosted, a port, a secret
+        "https://k@sentry.example.com/sentry/42",  # behind a path prefix
+        "https://k@sentry.example.com:8443/a/b/3",
+        "http://k@sentry.internal/5",
+        "https://k@sentry.example.com:443/5",  # the default port written out
+        "http://k@sentry.example.com:80/5",
+    ],
+)
+def test_dsn_reads_as_sentry_sdk_reads_it(dsn: str) -> None:
+    assert _our_view(dsn) == _sdk_view(dsn)
+
+
+def test_an_ipv6_host_is_bracketed_in_the_envelope_url() -> None:
+    """Where sentry-sdk writes `http://::1:9000/...` (no brackets), the URL must bracket the address."""
+    dsn = parse_dsn("http://k@[::1]:9000/7")
+    assert (dsn.host, dsn.port) == ("::1", 9000)
+    assert dsn.envelope_url == "http://[::1]:9000/api/7/envelope/"
+
+
+_label = st.from_regex(r"[a-z][a-z0-9-]{0,10}[a-z0-9]", fullmatch=True)
+
+
+@given(
+    scheme=st.sampled_from(["http", "https"]),
+    key=st.from_regex(r"[a-f0-9]{1,32}", fullmatch=True),
+    host=st.lists(_label, min_size=1, max_size=4).map(".".join),
+    port=st.one_of(st.none(), st.integers(1, 65535)),
+    prefix=st.lists(_label, max_size=3).map(lambda parts: "".join(f"/{p}" for p in parts)),
+    project=st.integers(0, 10**9),
+)
+def test_dsn_fields_and_envelope_url_match_sentry_sdk(
+    scheme: str, key: str, host: str, port: int | None, prefix: str, project: int
+) -> None:
+    dsn = f"{scheme}://{key}@{host}{'' if port is None else f':{port}'}{prefix}/{project}"
+    assert _our_view(dsn) == _sdk_view(dsn)
