@@ -23,7 +23,7 @@ COPY build_support/ /src/build_support/
 COPY proxy/ /src/proxy/
 RUN TRACE_PROXY_MYPYC=1 pip install --no-cache-dir --prefix=/install /src \
     && python -c "import sys; sys.path.insert(0, '/install/lib/python3.11/site-packages'); \
-import proxy.server.forward as m; assert m.__file__.endswith('.so'), m.__file__"
+import proxy.server.downstream as m; assert m.__file__.endswith('.so'), m.__file__"
 
 FROM python:3.11-slim
 
