@@ -13,6 +13,7 @@ from setuptools import setup
 
 # The per-request path: parsing and planning, the two protocols, the propagation core and the counters.
 COMPILED_MODULES = [
+    "proxy/server/grammar.py",
     "proxy/server/http1.py",
     "proxy/server/downstream.py",
     "proxy/server/exchange.py",

@@ -52,6 +52,7 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from proxy.server.admission import LOOPBACK
+from proxy.server.grammar import AuthorityError, check_listen_host, split_authority
 
 __all__ = [
     "Address",
@@ -71,7 +72,6 @@ _SENTRY_ENV = {
     "SENTRY_RELEASE": "release",
     "SENTRY_TRACES_SAMPLE_RATE": "traces_sample_rate",
 }
-_HOSTNAME_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})
 
 
@@ -95,34 +95,17 @@ class Address:
 
     @classmethod
     def parse(cls, text: str) -> Address:
-        """Parse ``HOST:PORT`` (``[IPv6]:PORT`` for IPv6); raise ValueError naming what is wrong."""
-        if text.startswith("["):
-            host, sep, port_text = text[1:].partition("]:")
-        else:
-            host, sep, port_text = text.rpartition(":")
-        if not sep:
-            raise ValueError(f"expected HOST:PORT or [IPv6]:PORT, got {text!r}")
-        if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
-            raise ValueError(f"port must be a number from 1 to 65535, got {text!r}")
-        if text.startswith("["):
-            try:
-                host = str(ipaddress.IPv6Address(host))
-            except ValueError:
-                raise ValueError(f"{host!r} is not an IPv6 address, in {text!r}") from None
-        elif ":" in host:
-            raise ValueError(f"an IPv6 address needs brackets, as in [::1]:{port_text}, got {text!r}")
-        elif not host:
-            raise ValueError(f"missing host (0.0.0.0 or [::] for every interface), got {text!r}")
-        elif host.rpartition(".")[2].isdigit():  # a numeric last label: only an IPv4 address looks so
-            try:
-                host = str(ipaddress.IPv4Address(host))
-            except ValueError:
-                raise ValueError(f"{host!r} is not an IPv4 address, in {text!r}") from None
-        elif len(host) > 253 or not all(_HOSTNAME_LABEL.fullmatch(label) for label in host.split(".")):
-            raise ValueError(f"{host!r} is not a valid hostname, in {text!r}")
-        else:
-            host = host.lower()
-        return cls(host, int(port_text))
+        """Parse ``HOST:PORT`` (``[IPv6]:PORT`` for IPv6) by the grammar planning uses for request targets, the host
+        also held to `check_listen_host`; raise ValueError naming what is wrong."""
+        try:
+            host, port = split_authority(text, None)
+        except AuthorityError as exc:
+            raise AuthorityError(f"{exc}: expected HOST:PORT or [IPv6]:PORT, with a port from 1 to 65535") from None
+        try:
+            host = check_listen_host(host, text.startswith("["))
+        except AuthorityError as exc:
+            raise AuthorityError(f"{exc}, in {text!r}") from None
+        return cls(host, port)
 
 
 def _overlap(a: Address, b: Address) -> bool:

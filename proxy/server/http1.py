@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
+from proxy.server import grammar
+from proxy.server.grammar import CONNECTION_OPTIONS, FRAMING_NAMES, REQUEST_SPECIAL, connection_tokens
 from proxy.tracing import UNTOUCHED_DECISION, Decision, Propagator
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -30,28 +32,6 @@ ORIGIN_FORM_HELP = (
     "trace-proxy is an HTTP forward proxy: send requests in absolute form (GET http://host:port/path), "
     "for example by setting http_proxy=http://HOST:PORT for the client; https:// goes through CONNECT"
 )
-
-# Hop-by-hop request headers (RFC 9110 §7.6.1) plus the ones the proxy writes itself (Host, framing).
-_REQUEST_SPECIAL = frozenset(
-    {
-        b"connection",
-        b"proxy-connection",
-        b"keep-alive",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authorization",
-        b"proxy-authenticate",
-        b"host",
-        b"content-length",
-        b"expect",
-    }
-)
-# Fields that a Connection header must not remove: the message's framing depends on them.
-_FRAMING_NAMES = frozenset({b"content-length", b"transfer-encoding", b"host"})
-# Tokens of Connection that name options rather than headers to drop.
-_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
 
 _REASONS = {  # every status the proxy answers with itself
     400: "Bad Request",
@@ -93,7 +73,7 @@ class RequestPolicy:
     trace_names: frozenset[bytes]  # the propagator's strip_names, as the bytes the parser yields
     connect_ports: frozenset[int]  # empty = any
     # Lowercase names that never go out as they came: hop-by-hop, framing, Host, and the trace headers.
-    special_names: frozenset[bytes] = _REQUEST_SPECIAL
+    special_names: frozenset[bytes] = REQUEST_SPECIAL
 
     @classmethod
     def create(cls, propagator: Propagator, connect_ports: Sequence[int]) -> RequestPolicy:
@@ -102,7 +82,7 @@ class RequestPolicy:
             propagator=propagator,
             trace_names=names,
             connect_ports=frozenset(connect_ports),
-            special_names=_REQUEST_SPECIAL | names,
+            special_names=REQUEST_SPECIAL | names,
         )
 
 
@@ -186,56 +166,16 @@ def error_response(status: int, message: str, proxy_error: str = "http_request_e
 
 
 def split_authority(authority: bytes, default_port: int | None) -> tuple[str, int]:
-    """`host[:port]` or `[v6]:port` from a request target; strict, since it decides where bytes go."""
+    """`host[:port]` or `[v6]:port` from a request target, by the rules of `grammar.split_authority`; a 400 when
+    it breaks them. User info (``user@``) belongs to the URI, not to an authority, and is named as such."""
     if not authority or b"@" in authority:
         raise RequestRejected(400, "request target has no host or carries user info")
     try:
-        text = authority.decode("ascii")
+        return grammar.split_authority(authority.decode("ascii"), default_port)
     except UnicodeDecodeError:
         raise RequestRejected(400, "request target host is not ASCII") from None
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise RequestRejected(400, f"malformed IPv6 authority {text!r}")
-        host, rest = text[1:end], text[end + 1 :]
-        if rest and not rest.startswith(":"):
-            raise RequestRejected(400, f"malformed authority {text!r}")
-        if rest == ":":
-            raise RequestRejected(400, f"empty port in {text!r}")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = text.partition(":")
-        if sep and not port_text:
-            raise RequestRejected(400, f"empty port in {text!r}")
-    if not host or any(c in host for c in " /\\?#%") or not all(32 < ord(c) < 127 for c in host):
-        raise RequestRejected(400, f"invalid host in {text!r}")
-    if not text.startswith("["):
-        _check_host_name(host)
-    if port_text:
-        if not port_text.isdigit() or len(port_text) > 5 or not 0 < int(port_text) < 65536:
-            raise RequestRejected(400, f"invalid port in {text!r}")
-        return host, int(port_text)
-    if default_port is None:
-        raise RequestRejected(400, f"missing port in {text!r}")
-    return host, default_port
-
-
-_MAX_HOST_NAME = 253  # RFC 1035 §2.3.4, without the trailing dot of a fully qualified name
-_MAX_LABEL = 63
-
-
-def _check_host_name(host: str) -> None:
-    """Refuse a name that no resolver can look up: an empty label or one over 63 characters, or over 253 in all
-    (the resolver's IDNA encoding raises for those, long after the request was accepted)."""
-    name = host[:-1] if host.endswith(".") else host
-    shown = host if len(host) <= 80 else host[:77] + "..."
-    if len(name) > _MAX_HOST_NAME:
-        raise RequestRejected(400, f"invalid host {shown!r}: longer than {_MAX_HOST_NAME} characters")
-    for label in name.split("."):
-        if not label:
-            raise RequestRejected(400, f"invalid host {shown!r}: an empty label")
-        if len(label) > _MAX_LABEL:
-            raise RequestRejected(400, f"invalid host {shown!r}: a label longer than {_MAX_LABEL} characters")
+    except grammar.AuthorityError as exc:
+        raise RequestRejected(400, str(exc)) from None
 
 
 def plan_connect(target: bytes, allowed_ports: frozenset[int]) -> tuple[str, int]:
@@ -249,10 +189,6 @@ def plan_connect(target: bytes, allowed_ports: frozenset[int]) -> tuple[str, int
             "destination_ip_prohibited",
         )
     return host, port
-
-
-def _connection_tokens(value: bytes) -> list[bytes]:
-    return [t.strip().lower() for t in value.split(b",") if t.strip()]
 
 
 def plan_request(
@@ -306,7 +242,7 @@ def plan_request(
     propagator = policy.propagator
     # The URL as the client wrote it, default port or not: what sentry-sdk matches for an absolute URL too.
     matches = propagator.match_all or propagator.matches(target.decode("latin-1"))
-    special = policy.special_names if matches else _REQUEST_SPECIAL
+    special = policy.special_names if matches else REQUEST_SPECIAL
     if dropped:
         special = special | dropped
 
@@ -340,7 +276,7 @@ def plan_request(
             if http11:
                 parts += (name, b": ", value, b"\r\n")
         elif lname == b"connection" or lname == b"proxy-connection":
-            tokens = [t for t in _connection_tokens(value) if t not in _CONNECTION_OPTIONS]
+            tokens = [t for t in connection_tokens(value) if t not in CONNECTION_OPTIONS]
             named = tokens if named is None else named + tokens
         elif lname == b"upgrade":
             upgrade_value = value
@@ -350,7 +286,7 @@ def plan_request(
             carrier.setdefault(lname.decode("ascii"), []).append(value.decode("latin-1"))
     if named and not dropped:
         # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1): plan again without them.
-        dropped = frozenset(named) - _FRAMING_NAMES
+        dropped = frozenset(named) - FRAMING_NAMES
         if dropped:
             return plan_request(method, target, http11, keep_alive, upgrade, headers, policy, dropped, cache)
     if hosts != 1 and (hosts > 1 or http11):
@@ -397,10 +333,11 @@ _NO_CARRIER: dict[str, list[str]] = {}  # never written to
 _NOTHING_KNOWN: Final[dict[bytes, tuple[str, int]]] = {}  # planning without a cache: never written to
 
 
-# A response head line that is hop-by-hop (RFC 9110 §7.6.1), with the CRLF before it, searched in the lowercased
-# head (Trailer stays: chunked bodies and their trailer fields are relayed as the origin wrote them).
-# llhttp has already checked the grammar (token names, no whitespace before the colon, CRLF line ends), so the
-# search is exact; the alternation is factored by first letter because it runs for every response.
+# A response head line that is hop-by-hop (`grammar.HOP_BY_HOP`, a unit test checks they agree), with the CRLF
+# before it, searched in the lowercased head (Trailer stays: chunked bodies and their trailer fields are relayed as
+# the origin wrote them). llhttp has already checked the grammar (token names, no whitespace before the colon, CRLF
+# line ends), so the search is exact; the alternation is factored by first letter because it runs for every
+# response.
 _HOP_NAMES_BUT_CONNECTION = (
     rb"p(?:roxy-(?:connection|authenticate|authorization))|keep-alive|t(?:e|ransfer-encoding)|upgrade"
 )
@@ -432,12 +369,12 @@ def _strip_hop_lines(head: bytes, lower: bytes, match: re.Match[bytes] | None) -
             te_value = te_value + b", " + value if te_value else value
         elif name == b"upgrade":
             upgrade_value = head[start + 2 : end].partition(b":")[2].strip(b" \t")
-        elif value not in _CONNECTION_OPTIONS and (name == b"connection" or name == b"proxy-connection"):
-            named.extend(t for t in _connection_tokens(value) if t not in _CONNECTION_OPTIONS)
+        elif value not in CONNECTION_OPTIONS and (name == b"connection" or name == b"proxy-connection"):
+            named.extend(t for t in connection_tokens(value) if t not in CONNECTION_OPTIONS)
         match = _HOP_LINE.search(lower, end)
     pieces.append(head[pos:])
     head = b"".join(pieces)
-    named = [n for n in named if n not in _FRAMING_NAMES]
+    named = [n for n in named if n not in FRAMING_NAMES]
     if named:
         drop = tuple(b"\r\n" + n + b":" for n in named)
         lines = head.split(b"\r\n")
