@@ -44,12 +44,15 @@ class Exchange:
 
     __slots__ = (
         "body_done",
+        "bytes_to_client",
+        "bytes_to_origin",
         "ended",
         "ended_wall",
         "outcome",
         "pending",
         "pending_size",
         "plan",
+        "responded",
         "retried",
         "started",
         "started_wall",
@@ -64,6 +67,9 @@ class Exchange:
         self.ended = 0.0
         self.ended_wall = 0.0
         self.status = 0  # the status the client got (0: none)
+        self.responded = 0.0  # monotonic: when the response head went to the client (0.0: none did)
+        self.bytes_to_origin = 0  # request bytes written towards the origin (head and body, as re-framed)
+        self.bytes_to_client = 0  # response bytes written to the client (head and body)
         self.outcome: Outcome | None = None  # None while in flight
         self.body_done = plan.body is Framing.NONE
         self.pending: list[bytes] | None = None  # body bytes that wait for an origin connection
