@@ -141,6 +141,14 @@ def test_configmap_is_what_the_image_reads(tmp_path: Path) -> None:
     load_settings(path, {})
 
 
+def test_image_environment_is_read() -> None:
+    # The image's own ENV listens on 0.0.0.0 and wins over the ConfigMap's file: that is why the Deployment sets the
+    # listen addresses as env. (Guards the Dockerfile parsing that the settings fixture relies on.)
+    env = _image_env()
+    assert env["TRACE_PROXY_FORWARD__LISTEN"].startswith("0.0.0.0:")
+    assert {"TRACE_PROXY_FORWARD__LISTEN", "TRACE_PROXY_ADMIN__LISTEN"} <= _env(_container(SIDECAR)).keys()
+
+
 def test_sidecar_settings(settings: Settings) -> None:
     # The DSN arrives from the Secret through SENTRY_DSN (the placeholder, which must still be a valid DSN).
     assert settings.sentry.dsn == _find("Secret", "trace-proxy-sentry")["stringData"]["dsn"]
