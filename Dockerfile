@@ -44,6 +44,7 @@ COPY config.example.toml /etc/trace-proxy/config.toml
 # In a pod sidecar (or with --network container:...), the service shares this network namespace: override
 # TRACE_PROXY_FORWARD__LISTEN=127.0.0.1:3128 so that nothing outside the pod can use the proxy. Keep the admin port
 # on 0.0.0.0 if kubelet httpGet probes use it (they connect to the pod IP), else 127.0.0.1:9901 works too.
+# deploy/kubernetes/deployment.yaml does both, as environment variables: these ENV lines win over a mounted file.
 # Who may use the proxy is forward.allow_clients, loopback only by default (the proxy says so at start-up when it
 # listens beyond loopback): right for the pod sidecar. For docker-compose, where the service is another container,
 # allow the compose network, e.g. -e TRACE_PROXY_FORWARD__ALLOW_CLIENTS='["172.16.0.0/12"]' (or its exact subnet).
