@@ -369,7 +369,7 @@ def describe_value(key: str, value: Any) -> str:
             return '"<invalid DSN>"'
         return f'"<key redacted>@{dsn.host}/{dsn.project_id}"'
     if value is None:
-        return "not set"
+        return '"" (none)' if key == "admin.listen" else "not set"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple):
