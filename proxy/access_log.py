@@ -20,7 +20,7 @@ from proxy.logs import ACCESS_LOGGER
 from proxy.server.exchange import UNPLANNED, Exchange
 from proxy.tracing import TraceSource
 
-__all__ = ["AccessLog", "access_fields", "access_observers"]
+__all__ = ["AccessLog", "access_fields", "access_observers", "access_text"]
 
 # The fields of a line, in order (the text format's ``key=value`` pairs, the JSON object's extra members).
 FIELDS = (
@@ -39,7 +39,6 @@ FIELDS = (
     "source",
     "outcome",
 )
-_TEXT = " ".join(f"{name}=%s" for name in FIELDS)
 
 
 def _request_line(head: bytes) -> tuple[str | None, str | None]:
@@ -81,19 +80,30 @@ def access_fields(exchange: Exchange) -> dict[str, Any]:
     }
 
 
-def _text(value: Any) -> str:
-    if value is None:
-        return "-"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    return str(value)
+def _dash(value: object) -> object:
+    return "-" if value is None else value
+
+
+def access_text(fields: dict[str, Any]) -> str:
+    """The text format's line: `FIELDS` as ``key=value`` pairs in order; ``-`` for an unknown value."""
+    sampled = fields["sampled"]
+    if sampled is not None and sampled != "deferred":
+        sampled = "true" if sampled else "false"
+    return (
+        f"method={_dash(fields['method'])} scheme={_dash(fields['scheme'])} host={_dash(fields['host'])} "
+        f"port={_dash(fields['port'])} path={_dash(fields['path'])} status={fields['status']} "
+        f"bytes_to_origin={fields['bytes_to_origin']} bytes_to_client={fields['bytes_to_client']} "
+        f"duration_s={fields['duration_s']} trace_id={_dash(fields['trace_id'])} span_id={_dash(fields['span_id'])} "
+        f"sampled={_dash(sampled)} source={_dash(fields['source'])} outcome={_dash(fields['outcome'])}"
+    )
 
 
 class AccessLog:
     """The exchange observer that writes the access log to `logger` (``proxy.access``): as ``key=value`` pairs in
-    the message for the text format, as fields of the object (and the message ``access``) for JSON."""
+    the message for the text format, as fields of the object (and the message ``access``) for JSON.
+
+    The record is made and handled directly (`Logger.makeRecord`, `Logger.handle`): `Logger.info` would also look
+    for the caller's file and line in the stack, which an access line has no use for, on every request."""
 
     def __init__(self, logger: logging.Logger, json: bool) -> None:
         self._logger = logger
@@ -105,13 +115,14 @@ class AccessLog:
             return
         try:
             fields = access_fields(exchange)
+            if self._json:
+                record = logger.makeRecord(logger.name, logging.INFO, "", 0, "access", (), None, extra=fields)
+            else:
+                record = logger.makeRecord(logger.name, logging.INFO, "", 0, access_text(fields), (), None)
         except Exception:  # never let a log line cost the client its answer
             logger.exception("cannot write the access line of a request")
             return
-        if self._json:
-            logger.info("access", extra=fields)
-        else:
-            logger.info(_TEXT, *(_text(fields[name]) for name in FIELDS))
+        logger.handle(record)
 
 
 def access_observers(settings: LogSettings) -> tuple[AccessLog, ...]:
