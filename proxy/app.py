@@ -161,10 +161,18 @@ class _Reloader:
     def __init__(self, server: Listener, source: ConfigSource, configured: Settings) -> None:
         self.server = server
         self.source = source
-        self.configured = configured  # as last read (before fit_descriptor_limit): what the next read is compared to
-        self.running = configured  # what the process runs with, for the drain's shutdown_grace
+        # What the process runs with, as configured (before fit_descriptor_limit): what the next read is compared to,
+        # so that a change needing a restart is reported again at each reload until the restart.
+        self.running = configured
 
     def reload(self) -> None:
+        """The SIGHUP handler: whatever goes wrong is logged, and the process serves on as it did."""
+        try:
+            self._reload()
+        except Exception:
+            log.exception("configuration reload failed (pid %d): the running configuration stays", os.getpid())
+
+    def _reload(self) -> None:
         pid = os.getpid()
         where = self.source.path or "the environment (no file)"
         log.info("SIGHUP received (pid %d): reloading the configuration from %s", pid, where)
@@ -178,16 +186,11 @@ class _Reloader:
             for problem in loaded:
                 log.error("configuration reload (pid %d): %s", pid, problem)
             return
-        plan = plan_reload(self.configured, loaded.settings)
+        plan = plan_reload(self.running, loaded.settings)
         for change in plan.needs_restart:
             log.warning("configuration reload (pid %d): %s needs a restart; keeping the running value", pid, change)
-        try:
-            apply_settings(self.server, plan.settings, self.source.environ)
-            configure_logging(plan.settings.log, self.source.log_level)
-        except Exception:
-            log.exception("configuration reload failed (pid %d): the running configuration stays", pid)
-            return
-        self.configured = loaded.settings
+        apply_settings(self.server, plan.settings, self.source.environ)  # builds everything, then swaps
+        configure_logging(plan.settings.log, self.source.log_level)
         self.running = plan.settings
         log.info(
             "configuration reloaded (pid %d): %s",

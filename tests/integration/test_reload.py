@@ -113,6 +113,10 @@ async def test_restart_keys_are_reported_and_kept(proxy_factory: ProxyFactory, o
     assert any(f'forward.listen: "127.0.0.1:{proxy.port}" -> "127.0.0.1:1"' in x for x in restart), restart
     assert any("forward.workers: 1 -> 3" in x for x in restart), restart
     assert await sampled_flags(proxy, origin, 2, "kept") == ["0", "0"]
+    # Still pending at the next reload, and said again; nothing else changed.
+    [line] = await reload(proxy, None, "configuration reloaded")
+    assert "nothing that applies changed" in line
+    assert len(proxy.lines("needs a restart")) == 2 * len(restart)
 
 
 async def test_every_worker_reloads(proxy_factory: ProxyFactory, origin: Origin) -> None:
