@@ -5,6 +5,7 @@ invalid one is logged and changes nothing; keys that need a restart keep their v
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 
 import aiohttp
@@ -138,3 +139,21 @@ async def test_every_worker_reloads(proxy_factory: ProxyFactory, origin: Origin)
     assert {line.split("(pid ")[1].split(")")[0] for line in lines} == workers
     assert await sampled_flags(proxy, origin, 16, "after") == ["0"] * 16
     assert proxy.alive()
+
+
+async def test_reload_switches_logs_and_timeouts(proxy_factory: ProxyFactory, origin: Origin) -> None:
+    """Log settings and timeouts apply too: after the reload, access lines come as JSON, and a request that gets no
+    answer is ended by the new, shorter idle_timeout."""
+    proxy = proxy_factory({"forward": {"idle_timeout": 30.0}})
+    arrived, release = slow_route(origin)
+    await reload(proxy, {"log": {"format": "json", "access": True}, "forward": {"idle_timeout": 0.5}}, "reloaded")
+    try:
+        async with aiohttp.ClientSession() as session, session.get(origin.url("/slow"), proxy=proxy.url) as resp:
+            assert resp.status == 504
+            assert "forward.idle_timeout" in await resp.text()
+    finally:
+        release.set()
+    assert arrived.is_set()
+    [line] = await asyncio.to_thread(proxy.wait_for_lines, '"logger": "proxy.access"')
+    record = json.loads(line)
+    assert (record["path"], record["status"], record["outcome"]) == ("/slow", 504, "stalled")
