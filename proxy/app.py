@@ -311,6 +311,9 @@ def fit_descriptor_limit(max_connections: int) -> int:
 def run(loaded: LoadedConfig | Settings, source: ConfigSource | None = None) -> int:
     """Run until SIGTERM/SIGINT; the exit status is 0 after a clean drain. `loaded`: the configuration as the CLI read
     it (with where each value came from, for the start-up line); `source`: where SIGHUP reads it again."""
+    # Until the event loop handles SIGHUP (a reload), it must not end the process as its default action would: nor
+    # this one, nor the workers forked from it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if isinstance(loaded, Settings):
         loaded = LoadedConfig(loaded, {})
     if source is None:
@@ -348,9 +351,12 @@ def _run_workers(settings: Settings, source: ConfigSource, loaded: LoadedConfig)
 def reload_logging(source: ConfigSource) -> None:
     """The parent of workers on SIGHUP: it serves no requests, but logs; its log settings follow the file's (the
     workers report the reload, its problems included, themselves)."""
-    loaded = source.try_load()
-    if isinstance(loaded, LoadedConfig):
-        configure_logging(loaded.settings.log, source.log_level)
+    try:
+        loaded = source.try_load()
+        if isinstance(loaded, LoadedConfig):
+            configure_logging(loaded.settings.log, source.log_level)
+    except Exception:  # the signal is still passed on to the workers
+        log.exception("reloading the log settings failed")
 
 
 async def _supervise(settings: Settings, children: list[int], source: ConfigSource | None = None) -> int:

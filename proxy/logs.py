@@ -50,5 +50,6 @@ def configure_logging(settings: LogSettings, level_override: str | None = None, 
         old.close()
     root.addHandler(handler)
     root.setLevel((level_override or settings.level).upper())
+    logging.captureWarnings(True)  # Python's warnings as log lines too (JSON ones, in that format), not bare text
     # The access lines are asked for by `access` alone; with it off, the logger is silent whatever the level.
     logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO if settings.access else logging.CRITICAL + 1)

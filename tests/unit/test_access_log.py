@@ -104,6 +104,7 @@ def captured() -> Iterator[io.StringIO]:
             root.removeHandler(handler)
     root.setLevel(level)
     logging.getLogger(ACCESS_LOGGER).setLevel(access_level)
+    logging.captureWarnings(False)
 
 
 def _log_access(settings: LogSettings, exchange: Exchange, stream: io.StringIO) -> list[str]:
