@@ -27,7 +27,7 @@ import uvloop
 
 from proxy import build_info
 from proxy.access_log import access_observers
-from proxy.config import Address, LoadedConfig, Settings, describe_value
+from proxy.config import Address, LoadedConfig, Settings, describe_value, plain_value
 from proxy.logs import configure_logging
 from proxy.reload import ConfigSource, plan_reload
 from proxy.server.admin import start_admin
@@ -123,13 +123,11 @@ def startup_line(
     sampling = "deferred" if rate is None else f"traces_sample_rate {rate!r}"
     targets = describe_value("sentry.trace_propagation_targets", sentry.trace_propagation_targets)
     compiled = build_info.compiled()
-    changed = {
-        key: {
-            "value": describe_value(key, getattr(getattr(settings, key.partition(".")[0]), key.partition(".")[2])),
-            "source": source,
-        }
-        for key, source in loaded.non_defaults().items()
-    }
+    changed = {}  # key -> (value as text, value as JSON, source)
+    for key, source in loaded.non_defaults().items():
+        section, _, name = key.partition(".")
+        value = getattr(getattr(settings, section), name)
+        changed[key] = (describe_value(key, value), plain_value(key, value), source)
     text = (
         f"trace-proxy listening on {listen} (pid {os.getpid()}, {loop_name})"
         + (f", admin on {admin}" if admin is not None else "")
@@ -137,7 +135,7 @@ def startup_line(
         + f"; workers {settings.forward.workers}; compiled hot path: {'yes' if compiled else 'no'}"
         + f"; sampling: {sampling}; trace_propagation_targets = {targets}"
         + "; settings not at their defaults: "
-        + (", ".join(f"{key} = {c['value']} from {c['source']}" for key, c in changed.items()) or "none")
+        + (", ".join(f"{key} = {text} from {source}" for key, (text, _, source) in changed.items()) or "none")
     )
     fields: dict[str, Any] = {
         "listen": listen,
@@ -150,7 +148,7 @@ def startup_line(
         "config": config,
         "sampling": sampling,
         "trace_propagation_targets": list(sentry.trace_propagation_targets),
-        "settings": changed,
+        "settings": {key: {"value": value, "source": source} for key, (_, value, source) in changed.items()},
     }
     return text, fields
 

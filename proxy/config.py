@@ -66,6 +66,7 @@ __all__ = [
     "describe_value",
     "load_config",
     "load_settings",
+    "plain_value",
 ]
 
 _ENV_PREFIX = "TRACE_PROXY_"
@@ -355,6 +356,18 @@ def _sources(
             else:
                 found[f"{section}.{key}"] = FROM_DEFAULT
     return found
+
+
+def plain_value(key: str, value: Any) -> Any:
+    """A setting's value as a JSON log line carries it: numbers, booleans, lists and null as such, the rest as
+    strings, and never a secret (a DSN as its host and project id, as `describe_value` shows it)."""
+    if key == "sentry.dsn" and isinstance(value, str) and value:
+        return describe_value(key, value).strip('"')
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, tuple):
+        return [plain_value(key, item) for item in value]
+    return str(value)
 
 
 def describe_value(key: str, value: Any) -> str:

@@ -81,7 +81,13 @@ async def test_json_access_line_carries_the_trace_the_origin_got(proxy_factory: 
     assert (rejected["status"], rejected["outcome"], rejected["path"]) == (400, "refused", None)
     assert not any(secret in proxy.stderr for secret in SECRETS.values()), proxy.stderr
     assert "token=" not in proxy.stderr
-    json_lines(proxy.stderr)  # every line of the process is JSON, the start-up line included
+    records = json_lines(proxy.stderr)  # every line of the process is JSON, the start-up line included
+    [startup] = [r for r in records if "listen" in r]
+    assert startup["listen"] == f"127.0.0.1:{proxy.port}" and startup["workers"] == 1
+    assert startup["compiled"] is build_info.compiled() and startup["sampling"] == "traces_sample_rate 1.0"
+    assert startup["settings"]["sentry.dsn"] == {"value": "<key redacted>@o42.ingest.sentry.io/7", "source": "file"}
+    assert startup["settings"]["log.access"] == {"value": True, "source": "file"}
+    assert "abc123" not in proxy.stderr  # the DSN's public key
 
 
 async def test_text_access_line(proxy_factory: ProxyFactory, origin: Origin) -> None:

@@ -19,6 +19,7 @@ from proxy.config import (
     describe_value,
     load_config,
     load_settings,
+    plain_value,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -478,3 +479,16 @@ def test_described_values_hide_the_dsn_keys() -> None:
     assert describe_value("forward.connect_ports", (443, 8443)) == "[443, 8443]"
     assert describe_value("forward.listen", Address("::1", 3128)) == '"[::1]:3128"'
     assert describe_value("log.access", True) == "true"
+
+
+def test_plain_values_for_json_hide_the_dsn_keys() -> None:
+    dsn = "https://pk9:sk7@o42.ingest.sentry.io/7"
+    assert plain_value("sentry.dsn", dsn) == "<key redacted>@o42.ingest.sentry.io/7"
+    assert plain_value("forward.listen", Address("::1", 3128)) == "[::1]:3128"
+    assert plain_value("forward.connect_ports", (443,)) == [443]
+    assert plain_value("forward.allow_clients", load_settings(None, {}).forward.allow_clients) == [
+        "127.0.0.0/8",
+        "::1/128",
+    ]
+    assert plain_value("sentry.traces_sample_rate", None) is None
+    assert plain_value("log.access", True) is True
