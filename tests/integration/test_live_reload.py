@@ -157,3 +157,22 @@ async def test_reload_switches_logs_and_timeouts(proxy_factory: ProxyFactory, or
     [line] = await asyncio.to_thread(proxy.wait_for_lines, '"logger": "proxy.access"')
     record = json.loads(line)
     assert (record["path"], record["status"], record["outcome"]) == ("/slow", 504, "stalled")
+
+
+async def test_reload_of_allow_clients_applies_to_new_connections(proxy_factory: ProxyFactory, origin: Origin) -> None:
+    """allow_clients is checked as a connection is accepted: after a reload that no longer lists loopback, a new
+    connection gets 403 while one admitted before keeps being served."""
+    proxy = proxy_factory()
+    reader, writer = await http.open_raw(proxy.port)
+    try:
+        request = b"GET %b HTTP/1.1\r\nHost: h\r\n\r\n"
+        writer.write(request % origin.url("/admitted/1").encode())
+        assert (await http.read_response(reader)).status == 200
+        await reload(proxy, {"forward": {"allow_clients": ["192.0.2.0/24"]}}, "configuration reloaded")
+        refused = await http.exchange(proxy.port, request % origin.url("/new").encode())
+        assert refused.status == 403 and b"allow_clients" in refused.body
+        writer.write(request % origin.url("/admitted/2").encode())
+        assert (await http.read_response(reader)).status == 200
+    finally:
+        await http.close_writer(writer)
+    assert [r.raw_path for r in origin.requests] == ["/admitted/1", "/admitted/2"]
