@@ -92,6 +92,12 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         help="measure direct, trace-proxy and its baseline only: no nginx-fwd, squid, tinyproxy, workers = 2 or RSS "
         "run (an A/B of two builds in a few minutes)",
     )
+    parser.add_argument(
+        "--access-log",
+        choices=("text", "json"),
+        help="run this checkout's trace-proxy (workers = 1 and 2, not the baseline) with [log] access = true in this "
+        "format, its log written to /dev/null: with --baseline on the same commit, the A/B is the access log's cost",
+    )
     ab = parser.add_argument_group(
         "A/B against another commit",
         "`bash bench/run.sh --baseline REF` installs REF's trace-proxy (a git commit-ish), built the same way, into "
@@ -128,6 +134,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         wait_quiet=a.wait_quiet,
         only_trace_proxy=bool(a.only_trace_proxy),
         baseline=baseline,
+        access_log=a.access_log,
     )
 
 
@@ -213,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if opts.only_trace_proxy:
         report["settings"]["only_trace_proxy"] = True
+    if opts.access_log is not None:
+        report["settings"]["trace_proxy"]["access_log"] = f"{opts.access_log}, to /dev/null (not the baseline)"
     if base_info is not None:
         report["baseline"] = base_info
     interrupted: str | None = None

@@ -42,3 +42,6 @@ class Options:
     wait_quiet: int
     only_trace_proxy: bool = False
     baseline: Baseline | None = None
+    # "text" or "json": this checkout's trace-proxy runs with `[log] access = true` in that format (the baseline
+    # never does), its log going to /dev/null; None: no access log, as deployed by default.
+    access_log: str | None = None

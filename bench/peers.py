@@ -193,8 +193,16 @@ traces_sample_rate = 1.0
 listen = ""
 """
         )
+        access_log = self.opts.access_log if program == TP else None  # an older baseline may not know [log]
+        if access_log is not None:
+            # Every request writes a line (at INFO, whatever --log-level says); /dev/null takes them, so that the
+            # run measures what the proxy spends on them, not the disk, and fills no file.
+            with conf.open("a") as file:
+                file.write(f'\n[log]\naccess = true\nformat = "{access_log}"\n')
         argv = [self.bins[program], "--config", str(conf), "--log-level", "warning"]
-        return Server(tag, argv, port, cpus or self.proxy_cpu, work, listeners=workers)
+        return Server(
+            tag, argv, port, cpus or self.proxy_cpu, work, listeners=workers, discard_output=access_log is not None
+        )
 
     def make_nginx_fwd(self, tag: str) -> Server:
         work = self._dir(tag)

@@ -78,6 +78,7 @@ class Server:
     cpus: str | None
     workdir: Path
     listeners: int = 1  # listening sockets to wait for (SO_REUSEPORT workers)
+    discard_output: bool = False  # stdout and stderr to /dev/null rather than `log` (an access log's volume)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -90,7 +91,9 @@ class Server:
         return self.proc.pid
 
     def start(self, timeout: float = 15.0) -> None:
-        with self.log.open("ab") as log:
+        if self.discard_output:
+            self.log.write_text("(output discarded: see Server.discard_output)\n")
+        with open(os.devnull, "ab") if self.discard_output else self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 pinned(self.cpus, self.argv),
                 stdin=subprocess.DEVNULL,

@@ -3,6 +3,12 @@
 `run` is what the CLI calls once the configuration is valid. With `forward.workers = N > 1` the parent forks N
 workers that share the listen port through SO_REUSEPORT; the parent serves the admin endpoints, passes SIGTERM/SIGINT
 (and SIGHUP) on to every worker and exits 0 only after all of them drained.
+
+SIGHUP reloads: each serving process reads the file and the environment again (`ConfigSource`), merges them into its
+running configuration by `proxy.reload.plan_reload` and swaps in new frozen objects where connections read them per
+request (the router's `RequestPolicy`, the pool's and the listener's timeouts, the optional exchange observers, the
+log handler), so that requests in flight finish as they began and the next ones, on any connection, see the new
+configuration. An invalid configuration changes nothing.
 """
 
 from __future__ import annotations
@@ -15,10 +21,15 @@ import os
 import resource
 import signal
 from collections.abc import Mapping
+from typing import Any
 
 import uvloop
 
-from proxy.config import Address, Settings
+from proxy import build_info
+from proxy.access_log import access_observers
+from proxy.config import Address, LoadedConfig, Settings, describe_value, plain_value
+from proxy.logs import configure_logging
+from proxy.reload import ConfigSource, plan_reload
 from proxy.server.admin import start_admin
 from proxy.server.admission import LOOPBACK, Network
 from proxy.server.http1 import RequestPolicy
@@ -64,6 +75,7 @@ def _forward_server(settings: Settings, loop: asyncio.AbstractEventLoop, reuse_p
         splice_bodies=fwd.splice_bodies,
         splice_tunnels=fwd.splice_tunnels,
     )
+    services.set_optional_observers(access_observers(settings.log))
     policy = RequestPolicy.create(build_propagator(settings, os.environ), fwd.connect_ports)
     return Listener(
         services,
@@ -79,14 +91,133 @@ def _forward_server(settings: Settings, loop: asyncio.AbstractEventLoop, reuse_p
     )
 
 
-async def _serve(settings: Settings, *, reuse_port: bool, with_admin: bool) -> int:
+def apply_settings(server: Listener, settings: Settings, environ: Mapping[str, str]) -> None:
+    """Make `settings` those of the running forward listener `server` for the requests that start from now on (a
+    reload; the keys `proxy.reload` says need a restart are not read here). Everything new is built before anything
+    is swapped, so that a failure leaves the running configuration whole."""
+    router = server.router
+    if not isinstance(router, ForwardRouter):
+        raise TypeError(f"cannot reconfigure a {type(router).__name__}")
+    fwd = settings.forward
+    policy = RequestPolicy.create(build_propagator(settings, environ), fwd.connect_ports)
+    observers = access_observers(settings.log)
+    services = server.services
+    router.policy = policy  # read by the router for each request: the next one on every connection gets it
+    services.pool.set_timeouts(fwd.connect_timeout, fwd.idle_timeout)
+    services.splice_tunnels = fwd.splice_tunnels
+    services.set_optional_observers(observers)
+    server.reconfigure(
+        idle_timeout=fwd.idle_timeout, header_timeout=fwd.header_timeout, allow_clients=fwd.allow_clients
+    )
+
+
+def startup_line(
+    loaded: LoadedConfig, config: str, listen: str, admin: str | None, loop_name: str
+) -> tuple[str, dict[str, Any]]:
+    """The start-up line (text) and its fields (JSON): where the process listens, how it samples and what it
+    traces, its workers, whether the compiled hot path runs, and every setting not at its default with where it
+    came from (file or environment). Secrets never appear (`describe_value`)."""
+    settings = loaded.settings
+    sentry = settings.sentry
+    rate = sentry.traces_sample_rate
+    sampling = "deferred" if rate is None else f"traces_sample_rate {rate!r}"
+    targets = describe_value("sentry.trace_propagation_targets", sentry.trace_propagation_targets)
+    compiled = build_info.compiled()
+    changed = {}  # key -> (value as text, value as JSON, source)
+    for key, source in loaded.non_defaults().items():
+        section, _, name = key.partition(".")
+        value = getattr(getattr(settings, section), name)
+        changed[key] = (describe_value(key, value), plain_value(key, value), source)
+    text = (
+        f"trace-proxy listening on {listen} (pid {os.getpid()}, {loop_name})"
+        + (f", admin on {admin}" if admin is not None else "")
+        + f"; trace-proxy {build_info.version()}, config {config}"
+        + f"; workers {settings.forward.workers}; compiled hot path: {'yes' if compiled else 'no'}"
+        + f"; sampling: {sampling}; trace_propagation_targets = {targets}"
+        + "; settings not at their defaults: "
+        + (", ".join(f"{key} = {text} from {source}" for key, (text, _, source) in changed.items()) or "none")
+    )
+    fields: dict[str, Any] = {
+        "listen": listen,
+        "admin": admin,
+        "pid": os.getpid(),
+        "loop": loop_name,
+        "workers": settings.forward.workers,
+        "compiled": compiled,
+        "version": build_info.version(),
+        "config": config,
+        "sampling": sampling,
+        "trace_propagation_targets": list(sentry.trace_propagation_targets),
+        "settings": {key: {"value": value, "source": source} for key, (_, value, source) in changed.items()},
+    }
+    return text, fields
+
+
+class _Reloader:
+    """SIGHUP in a serving process: read the configuration again and apply what may change (`proxy.reload`)."""
+
+    def __init__(self, server: Listener, source: ConfigSource, configured: Settings) -> None:
+        self.server = server
+        self.source = source
+        # What the process runs with, as configured (before fit_descriptor_limit): what the next read is compared to,
+        # so that a change needing a restart is reported again at each reload until the restart.
+        self.running = configured
+
+    def reload(self) -> None:
+        """The SIGHUP handler: whatever goes wrong is logged, and the process serves on as it did."""
+        try:
+            self._reload()
+        except Exception:
+            log.exception("configuration reload failed (pid %d): the running configuration stays", os.getpid())
+
+    def _reload(self) -> None:
+        pid = os.getpid()
+        where = self.source.path or "the environment (no file)"
+        log.info("SIGHUP received (pid %d): reloading the configuration from %s", pid, where)
+        loaded = self.source.try_load()
+        if not isinstance(loaded, LoadedConfig):
+            log.error(
+                "configuration reload failed (pid %d): %d problem(s); the running configuration stays",
+                pid,
+                len(loaded),
+            )
+            for problem in loaded:
+                log.error("configuration reload (pid %d): %s", pid, problem)
+            return
+        plan = plan_reload(self.running, loaded.settings)
+        for change in plan.needs_restart:
+            log.warning("configuration reload (pid %d): %s needs a restart; keeping the running value", pid, change)
+        apply_settings(self.server, plan.settings, self.source.environ)  # builds everything, then swaps
+        configure_logging(plan.settings.log, self.source.log_level)
+        self.running = plan.settings
+        log.info(
+            "configuration reloaded (pid %d): %s",
+            pid,
+            ("changed: " + ", ".join(plan.applied)) if plan.applied else "nothing that applies changed",
+        )
+
+
+async def _serve(
+    settings: Settings,
+    *,
+    reuse_port: bool,
+    with_admin: bool,
+    source: ConfigSource | None = None,
+    loaded: LoadedConfig | None = None,
+) -> int:
+    """Serve `settings` (as fitted to this process) until SIGTERM/SIGINT; SIGHUP reloads from `source`, whose last
+    reading `loaded` is (by default: the environment, and `settings` as read from nowhere)."""
     loop = asyncio.get_running_loop()
+    if source is None:
+        source = ConfigSource(None, os.environ)
+    if loaded is None:
+        loaded = LoadedConfig(settings, {})
     stop = asyncio.Event()
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
-    # SIGHUP will mean "reload"; until then it must not kill the proxy.
-    loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP received: configuration reload is not supported yet")
     server = _forward_server(settings, loop, reuse_port)
+    reloader = _Reloader(server, source, loaded.settings)
+    loop.add_signal_handler(signal.SIGHUP, reloader.reload)
     try:
         await server.start()
     except OSError as exc:
@@ -97,22 +228,25 @@ async def _serve(settings: Settings, *, reuse_port: bool, with_admin: bool) -> i
     if with_admin and settings.admin.listen is not None:
         address = settings.admin.listen
         try:
-            admin = await start_admin(address.host, address.port, lambda: not server.draining)
+            # Not ready from the signal on: stop is set by SIGTERM before the drain begins on the next turn.
+            admin = await start_admin(address.host, address.port, lambda: not (stop.is_set() or server.draining))
         except OSError as exc:
             log.error("cannot listen on %s (admin.listen): %s", address, exc.strerror or exc)
             await server.drain(0)
             server.services.close()
             return 1
-    log.info(
-        "trace-proxy listening on %s (pid %d, %s)%s",
-        settings.forward.listen,
-        os.getpid(),
+    text, fields = startup_line(
+        loaded,
+        str(source.path) if source.path is not None else "none (defaults and environment)",
+        str(settings.forward.listen),
+        str(settings.admin.listen) if admin is not None else None,
         type(loop).__module__.partition(".")[0],  # "uvloop": the loop the hot path was built and measured on
-        f", admin on {settings.admin.listen}" if admin is not None else "",
     )
+    log.info("%s", text, extra=fields)
     await stop.wait()
-    log.info("shutting down: draining for up to %gs", settings.forward.shutdown_grace)
-    await server.drain(settings.forward.shutdown_grace)
+    grace = reloader.running.forward.shutdown_grace
+    log.info("shutting down: draining for up to %gs", grace)
+    await server.drain(grace)
     server.services.close()
     if admin is not None:
         await admin.cleanup()
@@ -172,8 +306,17 @@ def fit_descriptor_limit(max_connections: int) -> int:
     return fitting
 
 
-def run(settings: Settings) -> int:
-    """Run until SIGTERM/SIGINT; the exit status is 0 after a clean drain."""
+def run(loaded: LoadedConfig | Settings, source: ConfigSource | None = None) -> int:
+    """Run until SIGTERM/SIGINT; the exit status is 0 after a clean drain. `loaded`: the configuration as the CLI read
+    it (with where each value came from, for the start-up line); `source`: where SIGHUP reads it again."""
+    # Until the event loop handles SIGHUP (a reload), it must not end the process as its default action would: nor
+    # this one, nor the workers forked from it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if isinstance(loaded, Settings):
+        loaded = LoadedConfig(loaded, {})
+    if source is None:
+        source = ConfigSource(None, os.environ)
+    settings = loaded.settings
     warning = loopback_only_warning(settings.forward.listen, settings.forward.allow_clients)
     if warning is not None:
         log.warning("%s", warning)
@@ -183,11 +326,11 @@ def run(settings: Settings) -> int:
             update={"forward": settings.forward.model_copy(update={"max_connections": fitting})}
         )
     if settings.forward.workers > 1:
-        return _run_workers(settings)
-    return uvloop.run(_serve(settings, reuse_port=False, with_admin=True))
+        return _run_workers(settings, source, loaded)
+    return uvloop.run(_serve(settings, reuse_port=False, with_admin=True, source=source, loaded=loaded))
 
 
-def _run_workers(settings: Settings) -> int:
+def _run_workers(settings: Settings, source: ConfigSource, loaded: LoadedConfig) -> int:
     """Fork the workers before any event loop exists, then supervise them from a loop of the parent's own."""
     children: list[int] = []
     for _ in range(settings.forward.workers):
@@ -195,15 +338,26 @@ def _run_workers(settings: Settings) -> int:
         if pid == 0:
             code = 1
             try:
-                code = uvloop.run(_serve(settings, reuse_port=True, with_admin=False))
+                code = uvloop.run(_serve(settings, reuse_port=True, with_admin=False, source=source, loaded=loaded))
             finally:
                 logging.shutdown()
                 os._exit(code)
         children.append(pid)
-    return uvloop.run(_supervise(settings, children))
+    return uvloop.run(_supervise(settings, children, source))
 
 
-async def _supervise(settings: Settings, children: list[int]) -> int:
+def reload_logging(source: ConfigSource) -> None:
+    """The parent of workers on SIGHUP: it serves no requests, but logs; its log settings follow the file's (the
+    workers report the reload, its problems included, themselves)."""
+    try:
+        loaded = source.try_load()
+        if isinstance(loaded, LoadedConfig):
+            configure_logging(loaded.settings.log, source.log_level)
+    except Exception:  # the signal is still passed on to the workers
+        log.exception("reloading the log settings failed")
+
+
+async def _supervise(settings: Settings, children: list[int], source: ConfigSource | None = None) -> int:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     alive = set(children)
@@ -212,6 +366,8 @@ async def _supervise(settings: Settings, children: list[int]) -> int:
     def forward(sig: signal.Signals) -> None:
         if sig in _STOP_SIGNALS:
             stopping.set()
+        elif sig == signal.SIGHUP and source is not None:
+            reload_logging(source)
         for pid in alive:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)

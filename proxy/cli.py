@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from proxy import __version__
-from proxy.config import ConfigError, load_settings
+from proxy.config import ConfigError
+from proxy.logs import configure_logging
+from proxy.reload import ConfigSource
 
 CONFIG_ENV = "TRACE_PROXY_CONFIG"
 EXIT_CONFIG = 2
-_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _LOG_LEVELS = ("debug", "info", "warning", "error")
-
-log = logging.getLogger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="validate the configuration and exit: 0 if valid, 2 listing every problem on stderr",
     )
-    parser.add_argument("--log-level", choices=_LOG_LEVELS, default="info", help="default: info")
+    parser.add_argument(
+        "--log-level", choices=_LOG_LEVELS, help="wins over [log] level in the configuration (default: that, else info)"
+    )
     parser.add_argument("--version", action="version", version=f"trace-proxy {__version__}")
     return parser
 
@@ -51,8 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     config_path: Path | None = args.config
     if config_path is None and os.environ.get(CONFIG_ENV):
         config_path = Path(os.environ[CONFIG_ENV])
+    source = ConfigSource(config_path, os.environ, args.log_level)
     try:
-        settings = load_settings(config_path)
+        loaded = source.load()
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -61,8 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"config ok: {config_path if config_path is not None else 'defaults'}")
         return 0
 
-    logging.basicConfig(level=args.log_level.upper(), format=_LOG_FORMAT, stream=sys.stderr)
-    log.info("trace-proxy %s, config: %s", __version__, config_path or "defaults")
+    configure_logging(loaded.settings.log, args.log_level)
     from proxy.app import run  # the server stack is imported only when it is going to run
 
-    return run(settings)
+    return run(loaded, source)

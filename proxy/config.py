@@ -28,7 +28,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -59,9 +59,14 @@ __all__ = [
     "AdminSettings",
     "ConfigError",
     "ForwardSettings",
+    "LoadedConfig",
+    "LogSettings",
     "SentrySettings",
     "Settings",
+    "describe_value",
+    "load_config",
     "load_settings",
+    "plain_value",
 ]
 
 _ENV_PREFIX = "TRACE_PROXY_"
@@ -221,6 +226,21 @@ class AdminSettings(BaseModel):
     listen: _OptionalListen = Address("127.0.0.1", 9901)  # None (from "") = no admin listener
 
 
+class LogSettings(BaseModel):
+    """``[log]``: what the process logs and how (stderr; the CLI's ``--log-level``, when given, wins over `level`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"  # json: one object per line (proxy.logs)
+    access: bool = False  # one line per proxied request (proxy.access_log)
+
+    @field_validator("level", "format", mode="before")
+    @classmethod
+    def _lowercase(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+
 class Settings(BaseSettings):
     """The whole configuration. Build it with `load_settings`; see the module docstring for precedence."""
 
@@ -229,6 +249,7 @@ class Settings(BaseSettings):
     forward: ForwardSettings = ForwardSettings()
     sentry: SentrySettings = SentrySettings()
     admin: AdminSettings = AdminSettings()
+    log: LogSettings = LogSettings()
 
     @field_validator("admin")
     @classmethod
@@ -266,17 +287,109 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
 
     Raise `ConfigError` listing every problem: a missing or invalid file, or each invalid value.
     """
+    return load_config(path, environ).settings
+
+
+# Where a value came from, as `LoadedConfig.sources` names it.
+FROM_FILE = "file"
+FROM_DEFAULT = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """The settings and, for every ``section.key``, where its value came from: ``"file"``, ``"default"`` or
+    ``"environment (NAME)"`` naming the variable (for the start-up line, and for operators asking why a value is
+    what it is)."""
+
+    settings: Settings
+    sources: Mapping[str, str]
+
+    def non_defaults(self) -> dict[str, str]:
+        """The keys whose value differs from the built-in default, in the order of the models, with their source."""
+        default = Settings()
+        changed = {}
+        for key, source in self.sources.items():
+            section, _, name = key.partition(".")
+            if getattr(getattr(self.settings, section), name) != getattr(getattr(default, section), name):
+                changed[key] = source
+        return changed
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    """`load_settings`, plus where each value came from (`LoadedConfig.sources`). Raises `ConfigError` the same."""
     env = os.environ if environ is None else environ
     sentry_env = {key: env[name] for name, key in _SENTRY_ENV.items() if name in env}
+    file_data = {} if path is None else _read_toml(path)
+    env_data = _EnvSource(Settings, env)()  # the TRACE_PROXY_* variables, parsed as pydantic-settings does
     sources = (  # first wins
-        _EnvSource(Settings, env),
+        _DataSource(Settings, env_data),
         _DataSource(Settings, {"sentry": sentry_env} if sentry_env else {}),
-        _DataSource(Settings, {} if path is None else _read_toml(path)),
+        _DataSource(Settings, file_data),
     )
     try:
-        return Settings(_build_sources=(sources, {}))
+        settings = Settings(_build_sources=(sources, {}))
     except ValidationError as exc:
         raise ConfigError([_describe(error) for error in exc.errors(include_url=False)]) from None
+    return LoadedConfig(settings, _sources(env, env_data, sentry_env, file_data))
+
+
+def _sources(
+    environ: Mapping[str, str], env_data: Mapping[str, Any], sentry_env: Mapping[str, Any], file_data: Mapping[str, Any]
+) -> dict[str, str]:
+    """For every ``section.key`` of `Settings`, the first source (in `load_config`'s order) that set it."""
+    sentry_vars = {key: name for name, key in _SENTRY_ENV.items() if key in sentry_env}
+    names = {name.upper(): name for name in environ}  # pydantic-settings matches the names case-insensitively
+    found = {}
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        from_env = env_data.get(section)
+        from_file = file_data.get(section)
+        for key in model.model_fields:
+            if isinstance(from_env, dict) and key in from_env:
+                variable = f"{_ENV_PREFIX}{section}__{key}".upper()
+                found[f"{section}.{key}"] = f"environment ({names.get(variable) or f'{_ENV_PREFIX}{section.upper()}'})"
+            elif section == "sentry" and key in sentry_vars:
+                found[f"{section}.{key}"] = f"environment ({sentry_vars[key]})"
+            elif isinstance(from_file, dict) and key in from_file:
+                found[f"{section}.{key}"] = FROM_FILE
+            else:
+                found[f"{section}.{key}"] = FROM_DEFAULT
+    return found
+
+
+def plain_value(key: str, value: Any) -> Any:
+    """A setting's value as a JSON log line carries it: numbers, booleans, lists and null as such, the rest as
+    strings, and never a secret (a DSN as its host and project id, as `describe_value` shows it)."""
+    if key == "sentry.dsn" and isinstance(value, str) and value:
+        return describe_value(key, value).strip('"')
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, tuple):
+        return [plain_value(key, item) for item in value]
+    return str(value)
+
+
+def describe_value(key: str, value: Any) -> str:
+    """A setting's value as the logs show it: TOML-like, and never a secret (a DSN is shown as its host and project
+    id, without its keys)."""
+    if key == "sentry.dsn" and isinstance(value, str) and value:
+        from proxy.tracing.options import parse_dsn
+
+        try:
+            dsn = parse_dsn(value)
+        except ValueError:
+            return '"<invalid DSN>"'
+        return f'"<key redacted>@{dsn.host}/{dsn.project_id}"'
+    if value is None:
+        return '"" (none)' if key == "admin.listen" else "not set"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(describe_value(key, item) for item in value) + "]"
+    if isinstance(value, int | float):
+        return repr(value)
+    return f'"{value}"'
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -303,7 +416,7 @@ def _describe(error: ErrorDetails) -> str:
     field = ".".join(loc[:2])
     if error["type"] == "extra_forbidden":
         if len(loc) == 1:
-            return f"{field}: unknown section (expected [forward], [sentry] or [admin])"
+            return f"{field}: unknown section (expected [forward], [sentry], [admin] or [log])"
         return f"{field}: unknown key"
     if error["type"] in ("value_error", "listen_conflict"):
         message = error["msg"].removeprefix("Value error, ")  # these name the bad value themselves

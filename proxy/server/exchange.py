@@ -106,6 +106,10 @@ class ExchangeEnds:
         now = self.now()
         return Exchange(plan, now, now + self._wall_offset)
 
+    def set_observers(self, observers: Sequence[ExchangeObserver]) -> None:
+        """Replace the observers (a reload that turns the access log on or off): told from the next end on."""
+        self._observers = tuple(observers)
+
     def resync(self) -> None:
         """Read the wall clock's offset from the monotonic one again."""
         self._wall_offset = self.wall() - self.now()

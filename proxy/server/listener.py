@@ -62,6 +62,14 @@ class Listener:
         self.draining = False
         self._all_closed = asyncio.Event()
 
+    def reconfigure(self, *, idle_timeout: float, header_timeout: float, allow_clients: tuple[Network, ...]) -> None:
+        """New timeouts and client networks (a reload): the timeouts hold from the next sweep on, for every connection;
+        the networks for the connections accepted from now on (those already admitted stay)."""
+        self._idle_timeout = idle_timeout
+        self._header_timeout = header_timeout
+        self._tick = min(1.0, idle_timeout / 4, header_timeout / 4)
+        self.allow = ClientAllowList(allow_clients)
+
     async def start(self) -> None:
         services, router = self.services, self.router
         self._server = await self.loop.create_server(

@@ -42,9 +42,15 @@ class ConnectionServices:
         self.pool = UpstreamPool(loop, connect_timeout, idle_timeout, splice_bodies, self.plan_cache)
         self.stats = Stats()
         # The counters are the first observer of every exchange; the others are told in the order given.
-        self.ends = ExchangeEnds(loop.time, wall, (self.stats, *observers))
+        self._observers = (self.stats, *observers)
+        self.ends = ExchangeEnds(loop.time, wall, self._observers)
         self.splice_tunnels = splice_tunnels
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def set_optional_observers(self, observers: Sequence[ExchangeObserver]) -> None:
+        """Observers that come and go with the configuration (the access log), told after the permanent ones, from
+        the next exchange that ends on: a reload swaps them here, for every connection at once."""
+        self.ends.set_observers((*self._observers, *observers))
 
     def spawn(self, coro: Coroutine[Any, Any, None], conn: ResponseSink, stage: str) -> None:
         """Run `coro` for `conn`; should it raise, `conn` answers its client (`stage` says what was being done)

@@ -588,6 +588,11 @@ class UpstreamPool:
         self.coarse_now = loop.time()
         self.max_idle_per_origin = 512
 
+    def set_timeouts(self, connect_timeout: float, idle_timeout: float) -> None:
+        """New timeouts (a reload): for the connections opened, and the idle ones swept, from now on."""
+        self._connect_timeout = connect_timeout
+        self._idle_timeout = idle_timeout
+
     def acquire(self, key: Key, tls: bool = False) -> UpstreamConnection | None:
         """The most recently used idle connection to `key` (over TLS or not), or None. A connection leaves the pool
         when it closes or misbehaves, so one found here is open unless its close is still on the way."""

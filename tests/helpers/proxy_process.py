@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +133,28 @@ class ProxyProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(STOP_TIMEOUT)
+
+    def lines(self, text: str) -> list[str]:
+        """The stderr lines logged so far that contain `text`."""
+        return [line for line in list(self._lines) if text in line]
+
+    def wait_for_lines(self, text: str, count: int = 1, timeout: float = STARTUP_TIMEOUT) -> list[str]:
+        """Poll (the lines arrive on a reader thread) until `count` lines containing `text` were logged; the lines."""
+        deadline = time.monotonic() + timeout
+        while len(found := self.lines(text)) < count:
+            if time.monotonic() > deadline or not self.alive():
+                raise AssertionError(f"expected {count} lines with {text!r} within {timeout}s; stderr:\n{self.stderr}")
+            time.sleep(0.01)
+        return found
+
+    def rewrite_config(self, overrides: Mapping[str, Mapping[str, Any]]) -> None:
+        """Replace keys of the proxy's configuration file (its listen addresses stay unless overridden), as an
+        operator would before a SIGHUP; written to a new file renamed over the old one, as editors and ConfigMaps do."""
+        with self.config_path.open("rb") as file:
+            config = toml.merge(tomllib.load(file), overrides)
+        new = self.config_path.with_suffix(".new")
+        new.write_text(toml.dumps(config))
+        new.replace(self.config_path)
 
 
 class ProxyFactory(Protocol):

@@ -58,8 +58,8 @@ async def test_signal_drains_in_flight_request(
     proxy_factory: ProxyFactory, origin: Origin, sig: signal.Signals
 ) -> None:
     """On SIGTERM/SIGINT with a request in flight: the proxy stops accepting (new connections refused, /readyz
-    503), the in-flight request still completes with 200 (marked `Connection: close`), and the process exits 0
-    well within shutdown_grace once it is done."""
+    503 while /healthz stays 200), the in-flight request still completes with 200 (marked `Connection: close`), and
+    the process exits 0 well within shutdown_grace once it is done."""
     proxy = proxy_factory({"forward": {"shutdown_grace": 15.0}})
     arrived, release = slow_route(origin)
     async with aiohttp.ClientSession() as session:
@@ -70,7 +70,8 @@ async def test_signal_drains_in_flight_request(
             proxy.send_signal(sig)
             await asyncio.to_thread(wait_until_refused, proxy.port)
             assert (await admin_get(proxy, "/readyz"))[0] == 503
-            assert proxy.alive()
+            assert await admin_get(proxy, "/healthz") == (200, "ok\n")  # alive: no restart during the drain
+            assert proxy.alive() and not in_flight.done()
             release.set()
             resp = await asyncio.wait_for(in_flight, http.TIMEOUT)
             assert resp.status == 200

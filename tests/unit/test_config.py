@@ -10,7 +10,17 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from proxy.config import Address, ConfigError, ForwardSettings, Settings, load_settings
+from proxy.config import (
+    Address,
+    ConfigError,
+    ForwardSettings,
+    LogSettings,
+    Settings,
+    describe_value,
+    load_config,
+    load_settings,
+    plain_value,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DSN = "https://abc123@o42.ingest.sentry.io/7"
@@ -129,7 +139,7 @@ def test_example_config_is_the_defaults_with_a_sample_rate() -> None:
 
 def test_example_config_lists_every_key() -> None:
     text = (REPO / "config.example.toml").read_text()
-    for section in ("forward", "sentry", "admin"):
+    for section in ("forward", "sentry", "admin", "log"):
         assert f"[{section}]" in text
         for key in getattr(Settings(), section).__class__.model_fields:
             assert f"\n{key} = " in text, f"{section}.{key} missing from config.example.toml"
@@ -397,3 +407,88 @@ def test_address_parse_and_str(text: str, host: str, port: int, shown: str) -> N
     assert (address.host, address.port) == (host, port)
     assert str(address) == shown
     assert Address.parse(str(address)) == address
+
+
+def test_log_section() -> None:
+    assert load_settings(None, {}).log == LogSettings(level="info", format="text", access=False)
+    environ = {"TRACE_PROXY_LOG__LEVEL": "WARNING", "TRACE_PROXY_LOG__FORMAT": "json", "TRACE_PROXY_LOG__ACCESS": "1"}
+    s = load_settings(None, environ)
+    assert s.log == LogSettings(level="warning", format="json", access=True)
+
+
+def test_log_section_errors_name_the_field(tmp_path: Path) -> None:
+    found = problems('[log]\nlevel = "loud"\nformat = "xml"\naccess = "maybe"\ncolour = 1\n', tmp=tmp_path)
+    assert sorted(p.partition(":")[0] for p in found) == ["log.access", "log.colour", "log.format", "log.level"]
+    assert any(p.startswith("log.level: ") and "'debug'" in p and "'loud'" in p for p in found), found
+
+
+def test_sources_name_where_each_value_came_from(write: Write) -> None:
+    path = write('[forward]\nworkers = 2\nidle_timeout = 60.0\n[sentry]\nrelease = "file@1"\n[log]\nformat = "json"\n')
+    environ = {
+        "TRACE_PROXY_FORWARD__CONNECT_TIMEOUT": "2",
+        "trace_proxy_log__access": "true",
+        "SENTRY_DSN": DSN,
+        "SENTRY_RELEASE": "env@2",
+        "TRACE_PROXY_ADMIN": '{"listen": "127.0.0.1:9902"}',
+    }
+    loaded = load_config(path, environ)
+    assert loaded.settings == load_settings(path, environ)
+    sources = loaded.sources
+    assert sources["forward.workers"] == "file"
+    assert sources["forward.idle_timeout"] == "file"  # set in the file, to the default value
+    assert sources["forward.connect_timeout"] == "environment (TRACE_PROXY_FORWARD__CONNECT_TIMEOUT)"
+    assert sources["log.access"] == "environment (trace_proxy_log__access)"
+    assert sources["admin.listen"] == "environment (TRACE_PROXY_ADMIN)"
+    assert sources["sentry.dsn"] == "environment (SENTRY_DSN)"
+    assert sources["sentry.release"] == "environment (SENTRY_RELEASE)"
+    assert sources["log.format"] == "file"
+    assert sources["forward.listen"] == "default"
+    assert set(sources) == {
+        f"{section}.{key}"
+        for section in Settings.model_fields
+        for key in type(getattr(Settings(), section)).model_fields
+    }
+    assert loaded.non_defaults() == {
+        "forward.connect_timeout": "environment (TRACE_PROXY_FORWARD__CONNECT_TIMEOUT)",
+        "forward.workers": "file",
+        "sentry.dsn": "environment (SENTRY_DSN)",
+        "sentry.release": "environment (SENTRY_RELEASE)",
+        "admin.listen": "environment (TRACE_PROXY_ADMIN)",
+        "log.format": "file",
+        "log.access": "environment (trace_proxy_log__access)",
+    }
+
+
+def test_own_variable_beats_the_sentry_one_in_the_sources() -> None:
+    loaded = load_config(None, {"SENTRY_RELEASE": "a", "TRACE_PROXY_SENTRY__RELEASE": "b"})
+    assert loaded.settings.sentry.release == "b"
+    assert loaded.sources["sentry.release"] == "environment (TRACE_PROXY_SENTRY__RELEASE)"
+
+
+def test_no_file_no_environment_everything_is_default() -> None:
+    loaded = load_config(None, {})
+    assert set(loaded.sources.values()) == {"default"}
+    assert loaded.non_defaults() == {}
+
+
+def test_described_values_hide_the_dsn_keys() -> None:
+    text = describe_value("sentry.dsn", "https://public9key:secret7key@o42.ingest.sentry.io/prefix/7")
+    assert text == '"<key redacted>@o42.ingest.sentry.io/7"'
+    assert describe_value("sentry.dsn", "") == '""'
+    assert describe_value("sentry.traces_sample_rate", None) == "not set"
+    assert describe_value("forward.connect_ports", (443, 8443)) == "[443, 8443]"
+    assert describe_value("forward.listen", Address("::1", 3128)) == '"[::1]:3128"'
+    assert describe_value("log.access", True) == "true"
+
+
+def test_plain_values_for_json_hide_the_dsn_keys() -> None:
+    dsn = "https://pk9:sk7@o42.ingest.sentry.io/7"
+    assert plain_value("sentry.dsn", dsn) == "<key redacted>@o42.ingest.sentry.io/7"
+    assert plain_value("forward.listen", Address("::1", 3128)) == "[::1]:3128"
+    assert plain_value("forward.connect_ports", (443,)) == [443]
+    assert plain_value("forward.allow_clients", load_settings(None, {}).forward.allow_clients) == [
+        "127.0.0.0/8",
+        "::1/128",
+    ]
+    assert plain_value("sentry.traces_sample_rate", None) is None
+    assert plain_value("log.access", True) is True
