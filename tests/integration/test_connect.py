@@ -37,7 +37,7 @@ from tests.helpers.origin import (
     RawOriginFactory,
     Recorded,
 )
-from tests.helpers.proxy_process import ProxyFactory, ProxyProcess, launch_proxy, stop_and_check
+from tests.helpers.proxy_process import ProxyFactory, ProxyProcess, launch_proxy, stop_and_check, tcp_sockets
 from tests.helpers.tls import TlsCa
 
 pytestmark = pytest.mark.asyncio
@@ -132,6 +132,18 @@ async def test_connect_allowed_port_tunnels_tls_for_curl(
     [record] = tls_origin.requests
     assert record.from_watched_pid is True
     assert record.values("sentry-trace") == []  # inside TLS the proxy cannot, and must not, touch headers
+    # curl has closed its end: the tunnel ends once the origin, served by this test's event loop, has seen the
+    # close and closed its own. Let the loop run until then: the teardown's drain, which runs without it, must
+    # find no connection (on a loaded machine it found the tunnel still open and waited out the grace).
+    await until_only_listening(allowed.pid)
+
+
+async def until_only_listening(pid: int, timeout: float = 5.0) -> None:
+    """Poll (the kernel's socket table is the only witness) until process `pid` holds no TCP connection."""
+    deadline = time.monotonic() + timeout
+    while any(s.state != "LISTEN" for s in tcp_sockets(pid)):
+        assert time.monotonic() < deadline, f"process {pid} still holds connections: {tcp_sockets(pid)}"
+        await asyncio.sleep(0.02)
 
 
 async def test_aiohttp_https_through_proxy(proxy: ProxyProcess, tls_origin: Origin, tls_ca: TlsCa) -> None:
