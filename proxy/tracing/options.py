@@ -58,23 +58,27 @@ def parse_dsn(dsn: str) -> Dsn:
     text = dsn.strip()
     if not text:
         raise ValueError("invalid DSN: it is empty")
+    # Errors show the DSN without its keys (everything before the last '@' of the authority): they end up in logs.
+    scheme, sep, rest = text.partition("://")
+    authority, slash, path = rest.partition("/")
+    shown = f"{scheme}{sep}<key redacted>@{authority.rpartition('@')[2]}{slash}{path}" if "@" in authority else text
     try:
         parts = urlsplit(text)
         _ = parts.port  # only to validate it: urlsplit parses the port lazily
     except ValueError as exc:
-        raise ValueError(f"invalid DSN {text!r}: {exc}") from exc
+        raise ValueError(f"invalid DSN {shown!r}: {exc}") from exc
     if parts.scheme not in ("http", "https"):
-        raise ValueError(f"invalid DSN {text!r}: the scheme must be http or https")
+        raise ValueError(f"invalid DSN {shown!r}: the scheme must be http or https")
     if not parts.username:
-        raise ValueError(f"invalid DSN {text!r}: the public key (the part before '@') is missing")
+        raise ValueError(f"invalid DSN {shown!r}: the public key (the part before '@') is missing")
     host = parts.hostname
     if not host:
-        raise ValueError(f"invalid DSN {text!r}: the host is missing")
+        raise ValueError(f"invalid DSN {shown!r}: the host is missing")
     project_id = parts.path.rstrip("/").rpartition("/")[2]
     if not (project_id.isascii() and project_id.isdigit()):
-        raise ValueError(f"invalid DSN {text!r}: the path must end with a numeric project id")
+        raise ValueError(f"invalid DSN {shown!r}: the path must end with a numeric project id")
     if parts.query or parts.fragment:
-        raise ValueError(f"invalid DSN {text!r}: a DSN has no query or fragment")
+        raise ValueError(f"invalid DSN {shown!r}: a DSN has no query or fragment")
     org = _ORG_HOST_RE.match(host)
     return Dsn(
         public_key=parts.username,

@@ -228,3 +228,22 @@ def test_dsn_fields_and_envelope_url_match_sentry_sdk(
 ) -> None:
     dsn = f"{scheme}://{key}@{host}{'' if port is None else f':{port}'}{prefix}/{project}"
     assert _our_view(dsn) == _sdk_view(dsn)
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "ftp://pub:SECRET@o1.ingest.sentry.io/1",
+        "https://pub:SECRET@o1.ingest.sentry.io/not-a-number",
+        "https://pub:SECRET@o1.ingest.sentry.io/1?x=1",
+        "https://pub:SECRET@o1.ingest.sentry.io:99999/1",
+    ],
+)
+def test_an_invalid_dsn_is_shown_without_its_keys(dsn: str) -> None:
+    """The message goes to logs (a reload's errors) and to stderr: it names the host and path, never the keys."""
+    with pytest.raises(ValueError) as error:
+        parse_dsn(dsn)
+    message = str(error.value)
+    assert message.startswith("invalid DSN")
+    assert "SECRET" not in message and "pub" not in message
+    assert "<key redacted>@o1.ingest.sentry.io" in message
