@@ -5,6 +5,10 @@ number of SDK processes. Tests wait for what they need with `EnvelopeSink.wait_f
 a condition variable, safe to call from any thread) and match transactions by trace id, so envelopes that belong
 to other tests never get in the way.
 
+What the SDK reports for the root span of a request, its *segment*, is recorded as a `ReceivedTransaction` in
+either form: a ``transaction`` event item (sentry-sdk 2.x) or a ``span`` item of span format v2 with
+``is_segment: true`` (sentry-sdk 3.x streams spans, and a segment span is what became of the transaction).
+
 Accepted: ``POST /api/<project>/envelope/`` (the SDK's transport), with ``Content-Encoding`` gzip, deflate or
 identity; anything else (``/api/<project>/store/``, other methods) is recorded in `EnvelopeSink.requests` and
 answered 200 as well, so an SDK never retries against the sink.
@@ -54,14 +58,21 @@ class Envelope:
         return self.headers.get("trace")
 
 
+SPAN_V2_CONTENT_TYPE = "application/vnd.sentry.items.span.v2+json"
+
+
 @dataclass(frozen=True)
 class ReceivedTransaction:
-    """One transaction event and the envelope it came in."""
+    """One transaction, or one segment span (`kind` says which), and the envelope it came in.
+
+    `event` is the transaction event, or the segment span's JSON as sent (``attributes`` with typed values).
+    """
 
     event: dict[str, Any]
     envelope: Envelope
     path: str
     request_headers: dict[str, str]  # of the POST that brought it, names lower-cased
+    kind: str = "transaction"  # or "span": a segment span of span format v2
 
     @property
     def dsc(self) -> dict[str, Any] | None:
@@ -69,8 +80,36 @@ class ReceivedTransaction:
 
     @property
     def trace_context(self) -> dict[str, Any]:
+        """``trace_id``, ``span_id``, ``parent_span_id``: the transaction's trace context, or the span's own ids."""
+        if self.kind == "span":
+            return {key: self.event[key] for key in ("trace_id", "span_id", "parent_span_id") if key in self.event}
         trace: dict[str, Any] = self.event.get("contexts", {}).get("trace", {})
         return trace
+
+    @property
+    def environment(self) -> Any:
+        return self._field("environment")
+
+    @property
+    def release(self) -> Any:
+        return self._field("release")
+
+    def _field(self, name: str) -> Any:
+        """An event field, or for a span the value of its ``sentry.<name>`` attribute."""
+        if self.kind == "span":
+            attribute = self.event.get("attributes", {}).get(f"sentry.{name}")
+            return attribute.get("value") if isinstance(attribute, dict) else None
+        return self.event.get(name)
+
+
+def segment_spans(item: EnvelopeItem) -> list[dict[str, Any]]:
+    """The segment spans (``is_segment: true``) of a ``span`` item of span format v2; ValueError if it is not one."""
+    if item.headers.get("content_type") != SPAN_V2_CONTENT_TYPE:
+        raise ValueError(f"span item of content type {item.headers.get('content_type')!r}, not span v2")
+    payload = item.json()
+    if not isinstance(payload, dict) or payload.get("version") != 2 or not isinstance(payload.get("items"), list):
+        raise ValueError(f"span item payload is not span format v2: {item.payload[:200]!r}")
+    return [span for span in payload["items"] if isinstance(span, dict) and span.get("is_segment") is True]
 
 
 @dataclass
@@ -216,21 +255,22 @@ class EnvelopeSink:
         with self._cond:
             self.requests.append(received)
             if received.envelope is not None:
+                headers = {k.lower(): v for k, v in request.headers.items()}
                 for item in received.envelope.items:
-                    if item.type == "transaction":
-                        try:
-                            event = item.json()
-                        except ValueError as exc:
-                            received.error = f"transaction payload is not JSON: {exc}"
+                    try:
+                        if item.type == "transaction":
+                            found = [ReceivedTransaction(item.json(), received.envelope, request.path, headers)]
+                        elif item.type == "span":
+                            found = [
+                                ReceivedTransaction(span, received.envelope, request.path, headers, kind="span")
+                                for span in segment_spans(item)
+                            ]
+                        else:
                             continue
-                        self.transactions.append(
-                            ReceivedTransaction(
-                                event,
-                                received.envelope,
-                                request.path,
-                                {k.lower(): v for k, v in request.headers.items()},
-                            )
-                        )
+                    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+                        received.error = f"{item.type} item unreadable: {exc}"
+                        continue
+                    self.transactions.extend(found)
             self._cond.notify_all()
         return web.json_response({"id": received.envelope.headers.get("event_id") if received.envelope else None})
 

@@ -4,10 +4,12 @@
 
 ``aiohttp``: an aiohttp.web app with the SDK's AioHttpIntegration; ``wsgi``: a wsgiref server (threaded) wrapped
 in SentryWsgiMiddleware. Either way the SDK itself continues the trace from the request's ``sentry-trace`` and
-``baggage``, exactly as in an instrumented service, and sends its transaction to the DSN (the test's envelope sink).
+``baggage``, exactly as in an instrumented service, and sends its transaction to the DSN (the test's envelope sink):
+a transaction event with sentry-sdk 2.x, a segment span (span streaming) with 3.x.
 
 ``GET /echo`` answers JSON: the trace headers as received (each a list of the values, in order) and what the SDK
-made of them (its current transaction's trace id, span id, parent span id and sampling decision).
+made of them (its current transaction's trace id, span id, parent span id and sampling decision, and the SDK's
+version).
 
 Prints ``downstream listening on 127.0.0.1:PORT`` on stderr when ready; SIGTERM stops it, after a flush.
 """
@@ -29,14 +31,24 @@ TRACE_HEADERS = ("sentry-trace", "baggage", "traceparent")
 
 
 def sdk_view() -> dict[str, Any] | None:
+    """The current span's ids and sampling decision, through APIs that sentry-sdk 2.x and 3.x both have.
+
+    3.x removed ``Span.parent_span_id`` (its streamed spans keep it private); the scope's trace context, which both
+    versions build from the current span (``Scope.get_trace_context``), is where they expose it alike. In 3.x an
+    unsampled segment is a ``NoOpSpan`` with ``sampled`` False; the scope's trace context is then built from it too.
+    """
     span = sentry_sdk.get_current_span()
     if span is None:
         return None
+    context = sentry_sdk.get_current_scope().get_trace_context()
+    if (context.get("trace_id"), context.get("span_id")) != (span.trace_id, span.span_id):
+        raise RuntimeError(f"the scope's trace context is not the current span's: {context} vs {span!r}")
     return {
         "trace_id": span.trace_id,
         "span_id": span.span_id,
-        "parent_span_id": span.parent_span_id,
+        "parent_span_id": context.get("parent_span_id"),
         "sampled": span.sampled,
+        "sdk_version": sentry_sdk.VERSION,
     }
 
 

@@ -9,7 +9,7 @@ import zlib
 
 import pytest
 import requests
-from conformance_sink import EnvelopeSink, decode_body, parse_envelope
+from conformance_sink import EnvelopeSink, ReceivedTransaction, decode_body, parse_envelope
 
 DSC = {"trace_id": "a" * 32, "public_key": "pk", "sample_rate": "1.0", "sampled": "true"}
 
@@ -90,3 +90,48 @@ def test_sink_receives_gzip_envelopes_and_anything_else() -> None:
         assert sink.requests[1].envelope is None and sink.requests[1].error is None
         with pytest.raises(TimeoutError, match="no matching transaction"):
             sink.wait_for_transaction(uuid.uuid4().hex, timeout=0.05)
+
+
+def span_v2_envelope(trace_id: str, *, content_type: str = "application/vnd.sentry.items.span.v2+json") -> bytes:
+    """What sentry-sdk 3.x streams: one ``span`` item holding a segment span and one of its children."""
+    segment = {
+        "trace_id": trace_id,
+        "span_id": "b" * 16,
+        "parent_span_id": "c" * 16,
+        "is_segment": True,
+        "attributes": {
+            "sentry.environment": {"value": "env", "type": "string"},
+            "sentry.release": {"value": "rel@1", "type": "string"},
+        },
+    }
+    child = {"trace_id": trace_id, "span_id": "d" * 16, "parent_span_id": "b" * 16, "is_segment": False}
+    payload = json.dumps({"version": 2, "items": [child, segment]}).encode()
+    item_header = {"type": "span", "content_type": content_type, "item_count": 2, "length": len(payload)}
+    return b"\n".join([json.dumps({"trace": DSC}).encode(), json.dumps(item_header).encode(), payload])
+
+
+def test_sink_reads_a_segment_span_as_the_transaction() -> None:
+    trace_id = uuid.uuid4().hex
+    with EnvelopeSink() as sink, requests.Session() as http:
+        http.trust_env = False
+        url = f"http://127.0.0.1:{sink.port}/api/42/envelope/"
+        assert http.post(url, data=span_v2_envelope(trace_id), timeout=10).status_code == 200
+        received = sink.wait_for_transaction(trace_id, timeout=10)
+        assert received.kind == "span"
+        assert received.trace_context == {"trace_id": trace_id, "span_id": "b" * 16, "parent_span_id": "c" * 16}
+        assert (received.environment, received.release, received.dsc) == ("env", "rel@1", DSC)
+        assert len(sink.transactions_for(trace_id)) == 1, "the child span is not a transaction"
+
+        other = uuid.uuid4().hex
+        assert http.post(url, data=span_v2_envelope(other, content_type="application/json"), timeout=10).ok
+        assert "not span v2" in (sink.requests[-1].error or "")
+        assert sink.transactions_for(other) == []
+
+
+def test_transaction_fields() -> None:
+    envelope = parse_envelope(
+        envelope_bytes(transaction_event() | {"environment": "e", "release": "r"}, with_length=True)
+    )
+    received = ReceivedTransaction(envelope.items[0].json(), envelope, "/api/42/envelope/", {})
+    assert (received.kind, received.environment, received.release) == ("transaction", "e", "r")
+    assert received.trace_context["parent_span_id"] == "c" * 16

@@ -2,9 +2,10 @@
 
 For each case a plain client (no SDK) sends a request through trace-proxy to a downstream service running
 sentry-sdk with tracing (aiohttp integration and WSGI middleware, each its own process), which echoes the trace
-headers it received and reports its transaction to a local envelope sink. Per case:
+headers it received and reports its transaction to a local envelope sink. Runs on sentry-sdk 2.x (a transaction
+event) and 3.x (span streaming: the request's segment span, the same ids and the same envelope DSC). Per case:
 
-- the transaction's ``contexts.trace.trace_id`` is the trace id in the proxy's ``sentry-trace``;
+- the transaction's trace id (``contexts.trace.trace_id``; a segment span's own) is the one in ``sentry-trace``;
 - its ``parent_span_id`` is the span id the proxy sent (the proxy's hop), and the SDK's own span is new;
 - the envelope header's ``trace`` (the DSC the SDK reports) equals the ``sentry-*`` members of the proxy's
   ``baggage``, decoded — for a continued trace also the client's DSC, unchanged (frozen).
@@ -19,6 +20,7 @@ from urllib.parse import unquote
 
 import pytest
 import requests
+import sentry_sdk
 from conformance_harness import DOWNSTREAM_ENVIRONMENT, DOWNSTREAM_RELEASE, Downstream, Proxy, StartProxy
 from conformance_sink import EnvelopeSink, ReceivedTransaction
 
@@ -74,6 +76,14 @@ def decode_dsc(header: str) -> dict[str, str]:
     return dsc
 
 
+def sdk_major(sdk: dict[str, Any]) -> int:
+    """The major version of the downstream's sentry-sdk (it runs in the test's interpreter, but says so itself); it
+    must be the test process's own, so that a run meant for 3.x (CI's, with PYTHONPATH=.sdk3) never tests 2.x."""
+    major = int(sdk["sdk_version"].partition(".")[0])
+    assert major == int(sentry_sdk.VERSION.partition(".")[0]), (sdk["sdk_version"], sentry_sdk.VERSION)
+    return major
+
+
 # -- one hop through the proxy -----------------------------------------------------------------------------
 
 
@@ -102,7 +112,11 @@ class Hop:
         assert self.sdk is not None, "no current span in the downstream handler"
         transaction = sink.wait_for(lambda t: t.trace_context.get("span_id") == self.sdk["span_id"])
         event, trace = transaction.event, transaction.trace_context
-        assert event.get("type") == "transaction", event
+        # 2.x sends a transaction event; 3.x streams spans, the request's root span as a segment span (span v2).
+        if sdk_major(self.sdk) < 3:
+            assert transaction.kind == "transaction" and event.get("type") == "transaction", event
+        else:
+            assert transaction.kind == "span" and event.get("is_segment") is True, event
         assert trace["trace_id"] == self.trace_id
         assert trace.get("parent_span_id") == self.span_id, (
             f"the SDK's parent span is not the proxy's hop: {trace} vs sentry-trace {self.sentry_trace}"
@@ -116,8 +130,8 @@ class Hop:
         assert not {"sentry-trace", "baggage", "via"} & transaction.request_headers.keys()
         assert transaction.path == "/api/42/envelope/"
         # The SDK reports its own environment/release on the event; the DSC stays the one it was handed.
-        assert event.get("environment") == DOWNSTREAM_ENVIRONMENT
-        assert event.get("release") == DOWNSTREAM_RELEASE
+        assert transaction.environment == DOWNSTREAM_ENVIRONMENT, event
+        assert transaction.release == DOWNSTREAM_RELEASE, event
         return transaction
 
 
