@@ -2,7 +2,8 @@
 
 `run` is what the CLI calls once the configuration is valid. With `forward.workers = N > 1` the parent forks N
 workers that share the listen port through SO_REUSEPORT; the parent serves the admin endpoints, passes SIGTERM/SIGINT
-(and SIGHUP) on to every worker and exits 0 only after all of them drained.
+(and SIGHUP) on to every worker and exits 0 only after all of them drained. It learns whether the workers are ready,
+and their counters for /metrics, over a socket pair per worker (workers.py).
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import logging
 import os
 import resource
 import signal
+import socket
 from collections.abc import Mapping
+from typing import Any
 
 import uvloop
 
 from proxy.config import Address, Settings
+from proxy.metrics import Metrics, Snapshot, snapshot
 from proxy.server.admin import start_admin
 from proxy.server.admission import LOOPBACK, Network
 from proxy.server.http1 import RequestPolicy
@@ -27,6 +31,7 @@ from proxy.server.routing import ForwardRouter
 from proxy.server.services import ConnectionServices
 from proxy.tracing import Propagator, SystemIdSource
 from proxy.tracing.options import PropagationConfig
+from proxy.workers import WorkerChannels, Workers, serve_reports
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +84,9 @@ def _forward_server(settings: Settings, loop: asyncio.AbstractEventLoop, reuse_p
     )
 
 
-async def _serve(settings: Settings, *, reuse_port: bool, with_admin: bool) -> int:
+async def _serve(settings: Settings, *, reuse_port: bool, with_admin: bool, parent: socket.socket | None = None) -> int:
+    """Serve until SIGTERM/SIGINT. `with_admin`: this process serves the admin port (no workers); `parent`: this
+    worker's end of the socket pair its parent asks for its readiness and counters on."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in _STOP_SIGNALS:
@@ -93,11 +100,22 @@ async def _serve(settings: Settings, *, reuse_port: bool, with_admin: bool) -> i
         log.error("cannot listen on %s: %s", settings.forward.listen, exc.strerror or exc)
         server.services.close()
         return 1
+    reports = None
+    if parent is not None:
+
+        def report() -> dict[str, Any]:
+            return {"ready": not server.draining, "metrics": snapshot(server.services, (server,))}
+
+        reports = await serve_reports(parent, report)
     admin = None
     if with_admin and settings.admin.listen is not None:
         address = settings.admin.listen
+
+        async def own_metrics() -> Snapshot:
+            return snapshot(server.services, (server,))
+
         try:
-            admin = await start_admin(address.host, address.port, lambda: not server.draining)
+            admin = await start_admin(address.host, address.port, lambda: not server.draining, Metrics(own_metrics))
         except OSError as exc:
             log.error("cannot listen on %s (admin.listen): %s", address, exc.strerror or exc)
             await server.drain(0)
@@ -116,6 +134,8 @@ async def _serve(settings: Settings, *, reuse_port: bool, with_admin: bool) -> i
     server.services.close()
     if admin is not None:
         await admin.cleanup()
+    if reports is not None:
+        reports.close()
     log.info("stopped")
     return 0
 
@@ -189,21 +209,23 @@ def run(settings: Settings) -> int:
 
 def _run_workers(settings: Settings) -> int:
     """Fork the workers before any event loop exists, then supervise them from a loop of the parent's own."""
+    channels = WorkerChannels(settings.forward.workers)
     children: list[int] = []
-    for _ in range(settings.forward.workers):
+    for index in range(settings.forward.workers):
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                code = uvloop.run(_serve(settings, reuse_port=True, with_admin=False))
+                parent = channels.for_worker(index)
+                code = uvloop.run(_serve(settings, reuse_port=True, with_admin=False, parent=parent))
             finally:
                 logging.shutdown()
                 os._exit(code)
         children.append(pid)
-    return uvloop.run(_supervise(settings, children))
+    return uvloop.run(_supervise(settings, children, channels.for_parent()))
 
 
-async def _supervise(settings: Settings, children: list[int]) -> int:
+async def _supervise(settings: Settings, children: list[int], channels: list[socket.socket]) -> int:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     alive = set(children)
@@ -218,11 +240,18 @@ async def _supervise(settings: Settings, children: list[int]) -> int:
 
     for sig in (*_STOP_SIGNALS, signal.SIGHUP):
         loop.add_signal_handler(sig, forward, sig)
+    workers = Workers(children, channels)
+    await workers.open()
+
+    async def ready() -> bool:
+        """Not stopping, and every worker answered that it is ready."""
+        return not stopping.is_set() and len(alive) == len(children) and await workers.ready()
+
     admin = None
     if settings.admin.listen is not None:
         address = settings.admin.listen
         try:
-            admin = await start_admin(address.host, address.port, lambda: not stopping.is_set() and bool(alive))
+            admin = await start_admin(address.host, address.port, ready, Metrics(workers.metrics))
         except OSError as exc:
             log.error("cannot listen on %s (admin.listen): %s", address, exc.strerror or exc)
             forward(signal.SIGTERM)
@@ -237,4 +266,5 @@ async def _supervise(settings: Settings, children: list[int]) -> int:
             forward(signal.SIGTERM)
     if admin is not None:
         await admin.cleanup()
+    await workers.close()
     return 1 if failed else 0
