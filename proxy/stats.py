@@ -90,14 +90,12 @@ class Stats:
         "duration_sum",
         "rejected_by_status",
         "replaced",
-        "requests",
         "tunnel_bytes",
         "tunnels",
         "upstream_connect",
     )
 
     def __init__(self) -> None:
-        self.requests = 0
         self.tunnels = 0
         # Every key present from the start: one subscript and one store per bump, no lookup with a default.
         # by_kind[exchange.kind][outcome]: every exchange that ended (kinds: exchange.KINDS).
@@ -137,13 +135,17 @@ class Stats:
             seconds = responded - exchange.started
             self.duration_counts[_bisect(DURATION_BOUNDS, seconds)] += 1
             self.duration_sum += seconds
-        self.requests += 1
         decision = plan.decision
         self.decisions[decision.source][decision.sampled] += 1
         replaced = decision.replaced
         if replaced is not None:
             self.replaced[replaced] += 1
         self.by_status[status] += 1
+
+    @property
+    def requests(self) -> int:
+        """Requests forwarded or tried: each has one trace decision counted."""
+        return sum(sum(by_sampled.values()) for by_sampled in self.decisions.values())
 
     def tunnel_opened(self) -> None:
         self.tunnels += 1

@@ -28,7 +28,7 @@ from proxy.server.connection_state import (
     UPGRADING,
     check_transition,
 )
-from proxy.server.exchange import CONNECT, HTTP, Exchange, Outcome, tunnel_plan
+from proxy.server.exchange import CONNECT, HTTP, UPGRADE, Exchange, Outcome, tunnel_plan
 from proxy.server.http1 import MAX_HEAD_BYTES, Framing, RequestRejected, error_response
 from proxy.server.routing import Router
 from proxy.server.services import ConnectionServices
@@ -378,6 +378,8 @@ class DownstreamConnection(asyncio.Protocol):
             # plan ignores the Upgrade, as for HTTP/1.0): the body is counted here.
             self._upgrade_body_left = _upgrade_body_length(plan.body, headers)
         exchange = self._ends.begin(plan)
+        if upgrade and plan.upgrade:  # the local first: no plan field is read for the usual request
+            exchange.kind = UPGRADE
         self._reading = exchange
         if self.current is None:
             self._start(exchange)

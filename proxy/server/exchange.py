@@ -71,13 +71,16 @@ class Exchange:
 
     def __init__(self, plan: RequestPlan, now: float, wall: float) -> None:
         self.plan = plan
-        self.kind = 2 if plan.upgrade else 0  # UPGRADE or HTTP (literals: a global is a lookup, interpreted)
+        self.kind = 0  # HTTP; UPGRADE or CONNECT set by the connection, which knows without reading the plan
         self.started = now  # monotonic (services.py: the exchanges' clock): durations
         self.started_wall = wall  # seconds since the epoch: a span's start
         self.ended = 0.0
         self.ended_wall = 0.0
         self.status = 0  # the status the client got (0: none)
-        self.responded = 0.0  # monotonic: when the response head went to the client (0.0: none did)
+        # Monotonic: when the response head went to the client (0.0: none did). -1.0 while the read that carried
+        # it is being handled: stamped at the end of that read, or as the exchange ends if that comes first (most
+        # responses are read whole: one clock reading less per request).
+        self.responded = 0.0
         self.bytes_to_origin = 0  # request bytes written towards the origin (head and body, as re-framed)
         self.bytes_to_client = 0  # response bytes written to the client (head and body)
         self.outcome: Outcome | None = None  # None while in flight
@@ -127,6 +130,8 @@ class ExchangeEnds:
             return
         exchange.outcome = outcome
         ended = exchange.ended = self.now()
+        if exchange.responded < 0.0:
+            exchange.responded = ended  # the head went out in the read that ends it (see Exchange.responded)
         if status >= 0:
             exchange.status = status
             if status and not exchange.responded:

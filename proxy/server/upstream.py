@@ -227,6 +227,9 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                 client = self.client
                 assert client is not None
                 self._splice_body(client, held)
+            exchange = self.exchange
+            if exchange is not None and exchange.responded < 0.0:
+                exchange.responded = self.pool.clock()  # its head went out in this read, its end is to come
         except Exception as exc:
             self._internal_error(exc, "relaying a response")
 
@@ -495,7 +498,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                 self.out.append(plan.head)
             return
         exchange.status = status
-        exchange.responded = self.pool.clock()  # the head goes out in this read (with what follows it, or spliced)
+        exchange.responded = -1.0  # the head goes out in this read: stamped when it is handled (buffer_updated)
         self._plan = plan
         framing = plan.upstream_framing
         self._keep_alive = parser.should_keep_alive()
@@ -571,7 +574,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         exchange = self.exchange
         assert exchange is not None
         exchange.status = 101
-        exchange.responded = self.pool.clock()
+        exchange.responded = -1.0  # ended below, in this read
         self.exchange = None
         head = b"".join(self.out)
         self.out.clear()
