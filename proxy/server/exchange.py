@@ -3,8 +3,8 @@
 An exchange can end in many ways: its response relayed whole, the origin unreachable or gone, the client gone, a
 stall, a refusal, the shutdown. Each of them goes through `ExchangeEnds.end`, which stamps the end (monotonic for
 durations, wall-clock for the span a later issue reports) and hands the finished exchange to every observer: the
-counters (`proxy.stats.Stats`) are the first, metrics, access logs and spans subscribe the same way. Nothing else
-in the connection layer counts or logs an exchange.
+counters (`proxy.stats.Stats`, which /metrics reads) are the first, access logs and spans subscribe the same way.
+Nothing else in the connection layer counts or logs an exchange.
 
 The two sides of a connection meet here too, as protocols rather than classes: an origin connection writes its
 response to a `ResponseSink` (what a downstream connection offers), so neither module imports the other.
