@@ -17,7 +17,15 @@ from aiohttp import WSMsgType, web
 
 from tests.helpers import http
 from tests.helpers.metrics import Scrape, scrape, scrape_until
-from tests.helpers.origin import Origin, RawConn, RawOrigin, RawOriginFactory, Recorded
+from tests.helpers.origin import (
+    Origin,
+    RawConn,
+    RawOrigin,
+    RawOriginFactory,
+    Recorded,
+    ok_response,
+    serve_special,
+)
 from tests.helpers.proxy_process import ProxyFactory, ProxyProcess, tcp_sockets
 
 pytestmark = pytest.mark.asyncio
@@ -109,6 +117,29 @@ async def test_plain_request(proxy: ProxyProcess, raw_origin: RawOrigin) -> None
         await http.close_writer(writer)
     for forbidden in (raw_origin.authority.decode(), "metrics-plain", "q=1", "127.0.0.1"):
         assert forbidden not in after.text
+
+
+async def test_spliced_bodies_are_counted(proxy: ProxyProcess, raw_origin_factory: RawOriginFactory) -> None:
+    """Large bodies on a keep-alive connection (after the first, the rest of each is spliced in the kernel): the
+    bytes counted to the client are exactly those the client read."""
+    big = b"x" * (200 * 1024)
+    origin = await raw_origin_factory(serve_special({b"/big": ok_response(big)}))
+    before = await quiet(proxy)
+    reader, writer = await http.open_raw(proxy.port)
+    read = 0
+    try:
+        for _ in range(3):
+            writer.write(get(origin.url("/big")))
+            response = await http.read_response(reader)
+            assert response.status == 200 and response.body == big
+            read += len(response.head) + len(response.body)
+    finally:
+        await http.close_writer(writer)
+    relayed = "trace_proxy_bytes_total"
+    after = await scrape_until(proxy, lambda s: s.requests("http", "ok") == before.requests("http", "ok") + 3)
+    assert after.get(relayed, direction="to_client") - before.get(relayed, direction="to_client") == read
+    to_origin = after.get(relayed, direction="to_origin") - before.get(relayed, direction="to_origin")
+    assert to_origin == len(origin.received)
 
 
 async def test_connections_active_follows_client_connections(proxy: ProxyProcess, raw_origin: RawOrigin) -> None:
