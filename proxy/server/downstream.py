@@ -127,6 +127,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.last_active = 0.0
         self.head_since = 0.0  # when the request head under way began (0: none): forward.header_timeout
         self._tunnel: Tunnel | None = None  # UPGRADING, CONNECTING, TUNNEL: the relay, open or not yet
+        self._connecting: Exchange | None = None  # the CONNECT whose target is being connected to
         self._fd = -1  # the socket's descriptor, once a response body was spliced into it
         self._upgrade_body_left = 0  # body bytes of an Upgrade request still to come (llhttp leaves them to us)
         self._write_blocked = False  # the socket's write buffer is past its high-water mark (pause_writing)
@@ -643,6 +644,9 @@ class DownstreamConnection(asyncio.Protocol):
             begun = state == TUNNEL
             exchange = self.current
             self.current = None
+            connecting = self._connecting
+            if exchange is None and connecting is not None and connecting.outcome is None:
+                exchange = connecting  # opening a tunnel failed: that CONNECT ends here
             answer = error_response(500, f"trace-proxy failed while {stage}", "proxy_internal_error")
             if exchange is not None:
                 up = exchange.upstream
@@ -751,7 +755,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.input_done = True  # what follows the CONNECT is the tunnel's
         tunnel = self._tunnel = Tunnel(self.transport, self._tunnel_bytes)
         # An exchange of its own, that ends when the tunnel opens or cannot (the tunnel is not an exchange).
-        exchange = self._ends.begin(tunnel_plan(host, port))
+        exchange = self._connecting = self._ends.begin(tunnel_plan(host, port))
         exchange.kind = CONNECT
         self._services.spawn(self._connect_tunnel(tunnel, exchange), self, "opening a tunnel")
 

@@ -113,3 +113,13 @@ def test_upgrade_is_its_own_kind_and_counts_the_101(pb: Playbook) -> None:
     pb.client_sends(b"up")
     assert pb.server.stats.tunnel_bytes == [2, 4]
     assert pb.by_kind() == {"upgrade upgraded": 1}
+
+
+def test_connect_that_fails_inside_the_proxy_ends_as_an_internal_error(pb: Playbook) -> None:
+    pb.expect_errors = True
+    pb.client_sends(b"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n\r\n")
+    pb.connects[0].fail(RuntimeError("a bug while connecting"))
+    assert pb.client.written.startswith(b"HTTP/1.1 500 ")
+    assert pb.outcomes() == [("internal_error", 500)]
+    assert pb.by_kind() == {"connect internal_error": 1}
+    assert only_exchange(pb).bytes_to_client == len(pb.client.written)
