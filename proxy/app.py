@@ -2,7 +2,8 @@
 
 `run` is what the CLI calls once the configuration is valid. With `forward.workers = N > 1` the parent forks N
 workers that share the listen port through SO_REUSEPORT; the parent serves the admin endpoints, passes SIGTERM/SIGINT
-(and SIGHUP) on to every worker and exits 0 only after all of them drained.
+(and SIGHUP) on to every worker and exits 0 only after all of them drained. It learns whether the workers are ready,
+and their counters for /metrics, over a socket pair per worker (workers.py).
 
 SIGHUP reloads: each serving process reads the file and the environment again (`ConfigSource`), merges them into its
 running configuration by `proxy.reload.plan_reload` and swaps in new frozen objects where connections read them per
@@ -20,6 +21,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +31,7 @@ from proxy import build_info
 from proxy.access_log import access_observers
 from proxy.config import Address, LoadedConfig, Settings, describe_value, plain_value
 from proxy.logs import configure_logging
+from proxy.metrics import Metrics, Snapshot, snapshot
 from proxy.reload import ConfigSource, plan_reload
 from proxy.server.admin import start_admin
 from proxy.server.admission import LOOPBACK, Network
@@ -38,6 +41,7 @@ from proxy.server.routing import ForwardRouter
 from proxy.server.services import ConnectionServices
 from proxy.tracing import Propagator, SystemIdSource
 from proxy.tracing.options import PropagationConfig
+from proxy.workers import WorkerChannels, Workers, serve_reports
 
 log = logging.getLogger(__name__)
 
@@ -204,9 +208,12 @@ async def _serve(
     with_admin: bool,
     source: ConfigSource | None = None,
     loaded: LoadedConfig | None = None,
+    parent: socket.socket | None = None,
 ) -> int:
     """Serve `settings` (as fitted to this process) until SIGTERM/SIGINT; SIGHUP reloads from `source`, whose last
-    reading `loaded` is (by default: the environment, and `settings` as read from nowhere)."""
+    reading `loaded` is (by default: the environment, and `settings` as read from nowhere). `with_admin`: this
+    process serves the admin port (no workers); `parent`: this worker's end of the socket pair its parent asks for
+    its readiness and counters on."""
     loop = asyncio.get_running_loop()
     if source is None:
         source = ConfigSource(None, os.environ)
@@ -224,12 +231,26 @@ async def _serve(
         log.error("cannot listen on %s: %s", settings.forward.listen, exc.strerror or exc)
         server.services.close()
         return 1
+    reports = None
+    if parent is not None:
+
+        def report() -> dict[str, Any]:
+            # Not ready from the signal on: stop is set by SIGTERM before the drain begins on the next turn.
+            return {"ready": not (stop.is_set() or server.draining), "metrics": snapshot(server.services, (server,))}
+
+        reports = await serve_reports(parent, report)
     admin = None
     if with_admin and settings.admin.listen is not None:
         address = settings.admin.listen
+
+        async def own_metrics() -> Snapshot:
+            return snapshot(server.services, (server,))
+
         try:
             # Not ready from the signal on: stop is set by SIGTERM before the drain begins on the next turn.
-            admin = await start_admin(address.host, address.port, lambda: not (stop.is_set() or server.draining))
+            admin = await start_admin(
+                address.host, address.port, lambda: not (stop.is_set() or server.draining), Metrics(own_metrics)
+            )
         except OSError as exc:
             log.error("cannot listen on %s (admin.listen): %s", address, exc.strerror or exc)
             await server.drain(0)
@@ -250,6 +271,8 @@ async def _serve(
     server.services.close()
     if admin is not None:
         await admin.cleanup()
+    if reports is not None:
+        reports.close()
     log.info("stopped")
     return 0
 
@@ -332,18 +355,22 @@ def run(loaded: LoadedConfig | Settings, source: ConfigSource | None = None) -> 
 
 def _run_workers(settings: Settings, source: ConfigSource, loaded: LoadedConfig) -> int:
     """Fork the workers before any event loop exists, then supervise them from a loop of the parent's own."""
+    channels = WorkerChannels(settings.forward.workers)
     children: list[int] = []
-    for _ in range(settings.forward.workers):
+    for index in range(settings.forward.workers):
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                code = uvloop.run(_serve(settings, reuse_port=True, with_admin=False, source=source, loaded=loaded))
+                parent = channels.for_worker(index)
+                code = uvloop.run(
+                    _serve(settings, reuse_port=True, with_admin=False, source=source, loaded=loaded, parent=parent)
+                )
             finally:
                 logging.shutdown()
                 os._exit(code)
         children.append(pid)
-    return uvloop.run(_supervise(settings, children, source))
+    return uvloop.run(_supervise(settings, children, channels.for_parent(), source))
 
 
 def reload_logging(source: ConfigSource) -> None:
@@ -357,7 +384,9 @@ def reload_logging(source: ConfigSource) -> None:
         log.exception("reloading the log settings failed")
 
 
-async def _supervise(settings: Settings, children: list[int], source: ConfigSource | None = None) -> int:
+async def _supervise(
+    settings: Settings, children: list[int], channels: list[socket.socket], source: ConfigSource | None = None
+) -> int:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     alive = set(children)
@@ -374,11 +403,18 @@ async def _supervise(settings: Settings, children: list[int], source: ConfigSour
 
     for sig in (*_STOP_SIGNALS, signal.SIGHUP):
         loop.add_signal_handler(sig, forward, sig)
+    workers = Workers(children, channels)
+    await workers.open()
+
+    async def ready() -> bool:
+        """Not stopping, and every worker answered that it is ready."""
+        return not stopping.is_set() and len(alive) == len(children) and await workers.ready()
+
     admin = None
     if settings.admin.listen is not None:
         address = settings.admin.listen
         try:
-            admin = await start_admin(address.host, address.port, lambda: not stopping.is_set() and bool(alive))
+            admin = await start_admin(address.host, address.port, ready, Metrics(workers.metrics))
         except OSError as exc:
             log.error("cannot listen on %s (admin.listen): %s", address, exc.strerror or exc)
             forward(signal.SIGTERM)
@@ -393,4 +429,5 @@ async def _supervise(settings: Settings, children: list[int], source: ConfigSour
             forward(signal.SIGTERM)
     if admin is not None:
         await admin.cleanup()
+    await workers.close()
     return 1 if failed else 0

@@ -3,8 +3,8 @@
 An exchange can end in many ways: its response relayed whole, the origin unreachable or gone, the client gone, a
 stall, a refusal, the shutdown. Each of them goes through `ExchangeEnds.end`, which stamps the end (monotonic for
 durations, wall-clock for the span a later issue reports) and hands the finished exchange to every observer: the
-counters (`proxy.stats.Stats`) are the first, metrics, access logs and spans subscribe the same way. Nothing else
-in the connection layer counts or logs an exchange.
+counters (`proxy.stats.Stats`, which /metrics reads) are the first, access logs and spans subscribe the same way.
+Nothing else in the connection layer counts or logs an exchange.
 
 The two sides of a connection meet here too, as protocols rather than classes: an origin connection writes its
 response to a `ResponseSink` (what a downstream connection offers), so neither module imports the other.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from proxy.server.http1 import Framing, RequestPlan
 from proxy.tracing import UNTOUCHED_DECISION
@@ -39,6 +39,14 @@ class Outcome(enum.StrEnum):
     INTERNAL_ERROR = "internal_error"  # trace-proxy failed while handling it (500, or cut)
 
 
+# What an exchange is (`Exchange.kind`, an index into `KINDS`): an HTTP request, a CONNECT (it ends when its tunnel
+# opens or fails), or a request asking for an Upgrade (whatever the origin answers).
+HTTP: Final = 0
+CONNECT: Final = 1
+UPGRADE: Final = 2
+KINDS: Final = ("http", "connect", "upgrade")
+
+
 class Exchange:
     """One proxied request: its plan, its body on the way, and the record a span or a log line is made from."""
 
@@ -48,6 +56,7 @@ class Exchange:
         "bytes_to_origin",
         "ended",
         "ended_wall",
+        "kind",
         "outcome",
         "pending",
         "pending_size",
@@ -62,12 +71,16 @@ class Exchange:
 
     def __init__(self, plan: RequestPlan, now: float, wall: float) -> None:
         self.plan = plan
-        self.started = now  # monotonic (the loop's clock): durations
+        self.kind = 0  # HTTP; UPGRADE or CONNECT set by the connection, which knows without reading the plan
+        self.started = now  # monotonic (services.py: the exchanges' clock): durations
         self.started_wall = wall  # seconds since the epoch: a span's start
         self.ended = 0.0
         self.ended_wall = 0.0
         self.status = 0  # the status the client got (0: none)
-        self.responded = 0.0  # monotonic: when the response head went to the client (0.0: none did)
+        # Monotonic: when the response head went to the client (0.0: none did). -1.0 while the read that carried
+        # it is being handled: stamped at the end of that read, or as the exchange ends if that comes first (most
+        # responses are read whole: one clock reading less per request).
+        self.responded = 0.0
         self.bytes_to_origin = 0  # request bytes written towards the origin (head and body, as re-framed)
         self.bytes_to_client = 0  # response bytes written to the client (head and body)
         self.outcome: Outcome | None = None  # None while in flight
@@ -120,23 +133,31 @@ class ExchangeEnds:
         if exchange.outcome is not None:
             return
         exchange.outcome = outcome
+        ended = exchange.ended = self.now()
+        if exchange.responded < 0.0:
+            exchange.responded = ended  # the head went out in the read that ends it (see Exchange.responded)
         if status >= 0:
             exchange.status = status
-        ended = exchange.ended = self.now()
+            if status and not exchange.responded:
+                exchange.responded = ended  # the proxy's own answer goes out now
         # As sentry-sdk times a span: the wall-clock start, and the duration from the monotonic clock (a wall clock
         # set back mid-exchange cannot make a span end before it began).
         exchange.ended_wall = exchange.started_wall + (ended - exchange.started)
         for observer in self._observers:
             observer.exchange_ended(exchange)
 
-    def refused(self, status: int) -> None:
-        """A request refused before it had a plan (malformed, not allowed, too large)."""
-        self.unplanned(Outcome.REFUSED, status)
+    def refused(self, status: int, sent: int = 0, kind: int = HTTP) -> None:
+        """A request refused before it had a plan (malformed, not allowed, too large); `sent`: the bytes of the
+        answer, `kind`: CONNECT for a CONNECT refused."""
+        self.unplanned(Outcome.REFUSED, status, sent, kind)
 
-    def unplanned(self, outcome: Outcome, status: int) -> None:
-        """A request answered before it had a plan (refused, a CONNECT whose target failed, an internal error): an
-        exchange of its own, with `UNPLANNED` for a plan, that ends as it begins."""
-        self.end(self.begin(UNPLANNED), outcome, status)
+    def unplanned(self, outcome: Outcome, status: int, sent: int = 0, kind: int = HTTP) -> None:
+        """A request answered before it had a plan (refused, an internal error): an exchange of its own, with
+        `UNPLANNED` for a plan, that ends as it begins."""
+        exchange = self.begin(UNPLANNED)
+        exchange.kind = kind
+        exchange.bytes_to_client = sent
+        self.end(exchange, outcome, status)
 
 
 # The plan of a request answered before it was planned: no origin, no trace decision.
@@ -150,6 +171,20 @@ UNPLANNED = RequestPlan(
     http11=True,
     decision=UNTOUCHED_DECISION,
 )
+
+
+def tunnel_plan(host: str, port: int) -> RequestPlan:
+    """The plan of a CONNECT the proxy accepted: its target, and no head or trace decision of its own."""
+    return RequestPlan(
+        origin=(host, port),
+        head=b"",
+        body=Framing.NONE,
+        method_is_head=False,
+        upgrade=False,
+        keep_alive=False,
+        http11=True,
+        decision=UNTOUCHED_DECISION,
+    )
 
 
 class ResponseSink(Protocol):

@@ -35,15 +35,20 @@ class ConnectionServices:
         splice_tunnels: bool = True,
         observers: Sequence[ExchangeObserver] = (),
         wall: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`clock` times exchanges (monotonic, finer than the loop's millisecond clock: request durations and
+        connect times are histograms with sub-millisecond buckets); `wall` dates them."""
         self.loop = loop
         self.now = loop.time
         self.plan_cache = PlanCache()  # what planning remembers, for every listener's router and the pool
-        self.pool = UpstreamPool(loop, connect_timeout, idle_timeout, splice_bodies, self.plan_cache)
         self.stats = Stats()
+        self.pool = UpstreamPool(
+            loop, connect_timeout, idle_timeout, splice_bodies, self.plan_cache, self.stats.upstream_connect, clock
+        )
         # The counters are the first observer of every exchange; the others are told in the order given.
         self._observers = (self.stats, *observers)
-        self.ends = ExchangeEnds(loop.time, wall, self._observers)
+        self.ends = ExchangeEnds(clock, wall, self._observers)
         self.splice_tunnels = splice_tunnels
         self._tasks: set[asyncio.Task[None]] = set()
 

@@ -65,10 +65,14 @@ def socket_fd(transport: asyncio.BaseTransport) -> int:
 class _Direction:
     """One way through the tunnel: bytes read from `src` wait in the pipe until `dst` takes them."""
 
-    __slots__ = ("blocked", "dst", "dst_transport", "eof", "pending", "pipe_r", "pipe_w", "src")
+    __slots__ = ("blocked", "dst", "dst_transport", "eof", "moved", "pending", "pipe_r", "pipe_w", "side", "src")
 
-    def __init__(self, src: int, dst: int, dst_transport: asyncio.Transport, pipe: tuple[int, int]) -> None:
+    def __init__(
+        self, src: int, dst: int, dst_transport: asyncio.Transport, pipe: tuple[int, int], moved: list[int], side: int
+    ) -> None:
         self.src = src
+        self.moved = moved  # the process's tunnel byte counters; `side` is this direction's index in it
+        self.side = side
         self.dst = dst
         self.dst_transport = dst_transport
         self.pipe_r, self.pipe_w = pipe
@@ -87,20 +91,22 @@ class SpliceTunnel:
         loop: asyncio.AbstractEventLoop,
         transports: tuple[asyncio.Transport, asyncio.Transport],
         fds: list[int],
+        moved: list[int],
     ) -> None:
         self._loop = loop
         self._transports = transports
         self._fds = fds  # every descriptor this relay opened: two socket duplicates, then two pipes
         self._closed = False
         client_fd, origin_fd = fds[0], fds[1]
-        self._up = _Direction(client_fd, origin_fd, transports[1], (fds[2], fds[3]))
-        self._down = _Direction(origin_fd, client_fd, transports[0], (fds[4], fds[5]))
+        self._up = _Direction(client_fd, origin_fd, transports[1], (fds[2], fds[3]), moved, 0)
+        self._down = _Direction(origin_fd, client_fd, transports[0], (fds[4], fds[5]), moved, 1)
 
     @classmethod
     def start(
-        cls, loop: asyncio.AbstractEventLoop, client: asyncio.Transport, origin: asyncio.Transport
+        cls, loop: asyncio.AbstractEventLoop, client: asyncio.Transport, origin: asyncio.Transport, moved: list[int]
     ) -> SpliceTunnel | None:
-        """Take over relaying between `client` and `origin`, or None when this tunnel cannot be spliced.
+        """Take over relaying between `client` and `origin`, or None when this tunnel cannot be spliced. The bytes
+        taken from each side are added to `moved` ([to the origin, to the client]).
 
         Both transports must have nothing left to write (the relay's bytes must not overtake theirs) and no end
         may have half-closed yet; the caller checks the latter, which only it knows.
@@ -124,7 +130,7 @@ class SpliceTunnel:
             for fd in fds:
                 os.close(fd)
             return None
-        tunnel = cls(loop, (client, origin), fds)
+        tunnel = cls(loop, (client, origin), fds, moved)
         client.pause_reading()
         origin.pause_reading()
         loop.add_reader(tunnel._up.src, tunnel._readable, tunnel._up)
@@ -156,6 +162,7 @@ class SpliceTunnel:
             self._finish(way)
             return
         way.pending += moved
+        way.moved[way.side] += moved
         self._flush(way)
 
     def _writable(self, way: _Direction) -> None:

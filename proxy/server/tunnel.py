@@ -7,6 +7,9 @@ client got its 200). Opening it flushes both ways and passes on a half-close eit
 tunnel relays each side's bytes to the other as they come, on the transports, or inside the kernel
 (`splice.SpliceTunnel`) when both connections may be spliced; a TLS transport never may.
 
+The bytes relayed each way are added to `moved`, the process's counters (`Stats.tunnel_bytes`: to the target, to
+the client), as they are written (or, spliced, as they are taken from their sender).
+
 Half-closes are relayed (each side's FIN goes to the other); the second one ends the tunnel. The tunnel does not
 own the connections' protocols: the client's connection keeps its own state, and the target's connection hands its
 events here while it is a relay.
@@ -34,13 +37,15 @@ class Tunnel:
         "_target_eof",
         "_target_held",
         "client",
+        "moved",
         "open",
         "splice",
         "target",
     )
 
-    def __init__(self, client: asyncio.Transport) -> None:
+    def __init__(self, client: asyncio.Transport, moved: list[int]) -> None:
         self.client = client
+        self.moved = moved  # [to the target, to the client], shared by every tunnel of the process
         self.target: asyncio.Transport | None = None
         self.open = False  # both sides relayed
         self.splice: SpliceTunnel | None = None  # relayed in the kernel (see splice.py)
@@ -59,6 +64,7 @@ class Tunnel:
         pause until the tunnel opens)."""
         target = self.target
         if self.open and target is not None:
+            self.moved[0] += len(data)
             target.write(data)
             return False
         self._held.append(data)
@@ -90,6 +96,7 @@ class Tunnel:
 
     def from_target(self, data: bytes) -> None:
         if self.open:
+            self.moved[1] += len(data)
             self.client.write(data)
         else:
             self._target_held.append(data)
@@ -126,12 +133,15 @@ class Tunnel:
         target = self.target
         self.open = True
         if self._target_held:
-            self.client.write(b"".join(self._target_held))
+            held = b"".join(self._target_held)
             self._target_held.clear()
+            self.moved[1] += len(held)
+            self.client.write(held)
         if self._target_closed or target is None:
             self.client.close()
             return
         if self._held:
+            self.moved[0] += self._held_size
             target.write(b"".join(self._held))
             self._held.clear()
             self._held_size = 0
@@ -140,7 +150,7 @@ class Tunnel:
         if self._target_eof:
             self.target_eof()  # counted now that it is passed on
         if loop is not None and not self._eofs:
-            self.splice = SpliceTunnel.start(loop, self.client, target)
+            self.splice = SpliceTunnel.start(loop, self.client, target, self.moved)
 
     def close(self) -> None:
         """The client's connection is gone: close the target's, and stop a kernel relay."""

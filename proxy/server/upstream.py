@@ -18,6 +18,8 @@ import errno
 import logging
 import socket
 import ssl
+import time
+from collections.abc import Callable
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
@@ -25,6 +27,7 @@ from proxy.server.exchange import Exchange, ResponseSink
 from proxy.server.http1 import MAX_HEAD_BYTES, Framing, PlanCache, ResponsePlan, plan_response, plan_switching_protocols
 from proxy.server.splice import BodyPipe, socket_fd
 from proxy.server.tunnel import Tunnel
+from proxy.stats import CONNECT_BOUNDS, Histogram
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +188,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             # Still full from the last exchange (pause_writing is only called when the buffer fills): this client
             # waits too, until resume_writing.
             client.pause_for_upstream()
+        exchange.bytes_to_origin += len(data)
         self.transport.write(data)
 
     @property
@@ -195,6 +199,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.pool.open_connections += 1
         if self.relay is not None:
             self.relay.bind_target(self.transport)
 
@@ -222,6 +227,9 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                 client = self.client
                 assert client is not None
                 self._splice_body(client, held)
+            exchange = self.exchange
+            if exchange is not None and exchange.responded < 0.0:
+                exchange.responded = self.pool.clock()  # its head went out in this read, its end is to come
         except Exception as exc:
             self._internal_error(exc, "relaying a response")
 
@@ -293,6 +301,9 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                     if self._small_read and self._spliceable and self._remaining and len(body) <= _MAX_HELD_BYTES:
                         self._held = body  # goes out with the spliced rest (buffer_updated), in one send
                     else:
+                        exchange = self.exchange  # inlined _sent: this runs for every response
+                        if exchange is not None:
+                            exchange.bytes_to_client += len(body)
                         client.transport.write(body)
         elif not self._in_body:
             # The head is not complete yet: keep what arrived of it for on_headers_complete.
@@ -302,10 +313,18 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                 self._malformed(client, f"response head larger than {MAX_HEAD_BYTES // 1024} KiB")
                 return
         if out:
-            client.transport.write(b"".join(out))
+            head = b"".join(out)
             out.clear()
+            self._sent(len(head))
+            client.transport.write(head)
         if self.complete:
             self._finish(client)
+
+    def _sent(self, size: int) -> None:
+        """`size` more bytes of the response go to the client."""
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.bytes_to_client += size
 
     def _splice_body(self, client: ResponseSink, held: bytes) -> None:
         """Send `held`, the body's bytes just read, and splice after them what the socket holds of the rest."""
@@ -313,6 +332,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         transport = client.transport
         if pipe is None or transport.get_write_buffer_size() or transport.is_closing() or self.transport.is_closing():
             # Queued bytes must go first; a closing transport's descriptor may be closed, even reused.
+            self._sent(len(held))
             transport.write(held)
             return
         src = self._fd
@@ -321,6 +341,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         dst = client.socket_fd()
         if src < 0 or dst < 0:
             self._spliceable = False
+            self._sent(len(held))
             transport.write(held)
             return
         try:
@@ -333,6 +354,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             log.debug("%s", message)
             self._failed(client, UpstreamError(502, message, "connection_terminated"))
             return
+        self._sent(len(held) + taken)  # `left` is the end of those, written through the transport
         if left:
             client.transport.write(left)
         if not taken:
@@ -355,6 +377,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         if self._small_read and self._spliceable and remaining and len(data) <= _MAX_HELD_BYTES:
             self._held = data
             return
+        self._sent(len(data))
         client.transport.write(data)
         if not remaining:
             self.complete = True
@@ -371,6 +394,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.pool.open_connections -= 1
         self.pool.discard(self)
         client = self.client
         self.client = None
@@ -474,6 +498,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                 self.out.append(plan.head)
             return
         exchange.status = status
+        exchange.responded = -1.0  # the head goes out in this read: stamped when it is handled (buffer_updated)
         self._plan = plan
         framing = plan.upstream_framing
         self._keep_alive = parser.should_keep_alive()
@@ -549,9 +574,12 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         exchange = self.exchange
         assert exchange is not None
         exchange.status = 101
+        exchange.responded = -1.0  # ended below, in this read
         self.exchange = None
-        client.transport.write(b"".join(self.out))
+        head = b"".join(self.out)
         self.out.clear()
+        exchange.bytes_to_client += len(head) + len(tail)
+        client.transport.write(head)
         if tail:
             client.transport.write(tail)
         client.upgraded(exchange, self)
@@ -572,6 +600,8 @@ class UpstreamPool:
         idle_timeout: float,
         splice_bodies: bool = True,
         plan_cache: PlanCache | None = None,
+        connect_seconds: Histogram | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._loop = loop
         self.plan_cache = plan_cache  # what response planning remembers (see http1.PlanCache)
@@ -587,6 +617,10 @@ class UpstreamPool:
         # costs an attribute load instead of a call, and idle timeouts need no finer grain than the tick.
         self.coarse_now = loop.time()
         self.max_idle_per_origin = 512
+        self.open_connections = 0  # origin and tunnel target connections made and not yet lost
+        self.clock = clock  # the exchanges' clock (services.py): when a response head went out, connect times
+        # How long each connection the pool opened took to open (a histogram of the process's Stats).
+        self.connect_seconds = Histogram(CONNECT_BOUNDS) if connect_seconds is None else connect_seconds
 
     def set_timeouts(self, connect_timeout: float, idle_timeout: float) -> None:
         """New timeouts (a reload): for the connections opened, and the idle ones swept, from now on."""
@@ -626,6 +660,7 @@ class UpstreamPool:
         UpstreamError naming why not (DNS, refused, timeout, TLS handshake)."""
         key = (host, port)
         secure = tls is not None
+        started = self.clock()
 
         def protocol() -> UpstreamConnection:
             return UpstreamConnection(self, key, relay, secure)
@@ -658,6 +693,7 @@ class UpstreamPool:
             reason = exc.strerror or str(exc)
             raise UpstreamError(502, f"cannot connect to {host}:{port}: {reason}", "destination_unavailable") from None
         conn.last_active = self.now()
+        self.connect_seconds.observe(self.clock() - started)
         return conn
 
     def sweep(self, now: float, tick: float) -> None:

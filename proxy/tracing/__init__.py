@@ -12,6 +12,7 @@ from proxy.tracing.propagator import (
     Decision,
     IdSource,
     Propagator,
+    Replaced,
     SystemIdSource,
     TraceSource,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "IncomingTrace",
     "PropagationConfig",
     "Propagator",
+    "Replaced",
     "SystemIdSource",
     "TraceSource",
     "parse_dsn",

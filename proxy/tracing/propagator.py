@@ -39,6 +39,7 @@ __all__ = [
     "Decision",
     "IdSource",
     "Propagator",
+    "Replaced",
     "SystemIdSource",
     "TraceSource",
 ]
@@ -64,6 +65,22 @@ class TraceSource(enum.Enum):
     # Members are singletons: identity hashing is exact and, unlike Enum's own __hash__, costs no Python call
     # (counters are keyed by source on every request).
     __hash__ = object.__hash__
+
+
+class Replaced(enum.Enum):
+    """Why trace headers the request carried did not go out as they came (the label of each case counted).
+
+    ``MALFORMED``: a ``sentry-trace`` (or, when read, ``traceparent``) with no valid value, or ``sentry-`` baggage
+    members without a valid ``sentry-trace``: a trace was started or taken from the environment instead.
+    ``ORG_MISMATCH``: a valid incoming trace failed the org checks (§6): a new trace was started. ``OVERSIZE``: the
+    request's baggage is over the W3C limits (§2), so third-party members were dropped from what went out. One
+    reason per request, in that order of precedence."""
+
+    MALFORMED = "malformed"
+    OVERSIZE = "oversize"
+    ORG_MISMATCH = "org_mismatch"
+
+    __hash__ = object.__hash__  # as TraceSource: counted by reason
 
 
 Carrier: TypeAlias = Mapping[str, Sequence[str]]
@@ -121,8 +138,9 @@ class Decision(NamedTuple):
 
     ``sampled`` ``None`` means deferred. ``baggage`` ``None`` means "write no baggage header";
     ``traceparent`` is ``None`` unless ``propagate_traceparent`` is on. For ``UNTOUCHED`` every
-    other field is ``None`` and the request must be forwarded unchanged. A NamedTuple: immutable, and built
-    with one C call on every request.
+    other field is ``None`` and the request must be forwarded unchanged. ``replaced`` says why trace headers
+    of the request were not continued as they came (:class:`Replaced`), ``None`` when they were, or when it
+    had none. A NamedTuple: immutable, and built with one C call on every request.
     """
 
     source: TraceSource
@@ -133,6 +151,7 @@ class Decision(NamedTuple):
     sentry_trace: str | None
     baggage: str | None
     traceparent: str | None
+    replaced: Replaced | None = None
 
 
 class _RequestBaggage(NamedTuple):
@@ -140,20 +159,24 @@ class _RequestBaggage(NamedTuple):
 
     ``unchanged`` is the header to write when the request's DSC is continued as it came (the
     common case), so that it is serialised once per distinct header, not once per request.
+    ``oversize`` is ``Replaced.OVERSIZE`` when writing the header back drops members (over the W3C
+    limits), else ``None``.
     """
 
     dsc: FrozenDsc
     third_party: tuple[str, ...]
     unchanged: str | None
+    oversize: Replaced | None
 
 
 _new_tuple: Final = tuple.__new__
 _ZERO_TRACE_ID: Final = "0" * 32
 _ZERO_SPAN_ID: Final = "0" * 16
 # The decision for a request whose URL the targets do not match: forwarded unchanged.
-UNTOUCHED_DECISION: Final = Decision(TraceSource.UNTOUCHED, None, None, None, None, None, None, None)
-_NO_BAGGAGE: Final = _RequestBaggage(EMPTY_DSC, (), None)
-_NOTHING_READ: Final[tuple[IncomingTrace | None, _RequestBaggage]] = (None, _NO_BAGGAGE)
+UNTOUCHED_DECISION: Final = Decision(TraceSource.UNTOUCHED, None, None, None, None, None, None, None, None)
+_NO_BAGGAGE: Final = _RequestBaggage(EMPTY_DSC, (), None, None)
+_MALFORMED: Final = Replaced.MALFORMED
+_ORG_MISMATCH: Final = Replaced.ORG_MISMATCH
 # A service sends the same baggage on every outbound call of one transaction: parse it once.
 # The cache is dropped when full (cheaper than LRU bookkeeping); over-long headers, which are
 # not typical, are not cached at all. Entries are immutable and plain dict operations are
@@ -223,7 +246,12 @@ class Propagator:
         """Parse a request's (joined) ``baggage`` header and remember the result."""
         parsed = parse_baggage((header,))
         dsc = FrozenDsc.from_baggage(parsed)
-        entry = _RequestBaggage(dsc, parsed.third_party, serialize_baggage(",".join(dsc.members), parsed.third_party))
+        unchanged = serialize_baggage(",".join(dsc.members), parsed.third_party)
+        # Members never contain a comma: fewer commas than members means some were dropped to fit the limits.
+        members = len(dsc.members) + len(parsed.third_party)
+        kept = 0 if unchanged is None else unchanged.count(",") + 1
+        oversize = Replaced.OVERSIZE if kept < members else None
+        entry = _RequestBaggage(dsc, parsed.third_party, unchanged, oversize)
         if len(header) <= _CACHE_MAX_HEADER:
             if len(self._baggage_cache) >= _CACHE_ENTRIES:
                 self._baggage_cache.clear()
@@ -270,7 +298,10 @@ class Propagator:
     def decide_matched(self, request: Carrier) -> Decision:
         """:meth:`decide` for a request whose URL the caller already found in the targets (:meth:`matches`)."""
         # No trace header on the request is the usual case for a service without an SDK: nothing to read then.
-        incoming, baggage = self._read(request) if request else _NOTHING_READ
+        env = self._env
+        if not request:
+            return self._new((), None) if env is None else self._from_environment(env, _NO_BAGGAGE, None)
+        incoming, baggage = self._read(request)
         if incoming is not None:
             if should_continue(self._config, incoming):
                 sampled, dsc = continue_trace(self._config, incoming)
@@ -281,15 +312,35 @@ class Propagator:
                         dsc = ",".join(incoming.dsc.members)
                     out = serialize_baggage(dsc, baggage.third_party)
                 source = TraceSource.TRACEPARENT if incoming.from_traceparent else TraceSource.REQUEST
-                return self._continued(source, incoming, sampled, out)
-        elif self._env is not None:
-            env_trace, sampled, dsc, alone = self._env
-            out = serialize_baggage(dsc, baggage.third_party) if baggage.third_party else alone
-            return self._continued(TraceSource.ENVIRONMENT, env_trace, sampled, out)
-        return self._new(baggage.third_party)
+                return self._continued(source, incoming, sampled, out, baggage.oversize)
+            return self._new(baggage.third_party, _ORG_MISMATCH)
+        # Trace headers that gave no trace: an invalid sentry-trace (or traceparent, when read), or DSC members
+        # without a sentry-trace, are dropped.
+        if request.get(_SENTRY_TRACE) or baggage.dsc.members or (self._traceparent and request.get(_TRACEPARENT)):
+            replaced: Replaced | None = _MALFORMED
+        else:
+            replaced = baggage.oversize
+        if env is not None:
+            return self._from_environment(env, baggage, replaced)
+        return self._new(baggage.third_party, replaced)
+
+    def _from_environment(
+        self,
+        env: tuple[IncomingTrace, bool | None, str, str | None],
+        baggage: _RequestBaggage,
+        replaced: Replaced | None,
+    ) -> Decision:
+        env_trace, sampled, dsc, alone = env
+        out = serialize_baggage(dsc, baggage.third_party) if baggage.third_party else alone
+        return self._continued(TraceSource.ENVIRONMENT, env_trace, sampled, out, replaced)
 
     def _continued(
-        self, source: TraceSource, incoming: IncomingTrace, sampled: bool | None, baggage: str | None
+        self,
+        source: TraceSource,
+        incoming: IncomingTrace,
+        sampled: bool | None,
+        baggage: str | None,
+        replaced: Replaced | None,
     ) -> Decision:
         trace_id = incoming.trace_id
         span_id = self._ids.new_span_id()
@@ -304,10 +355,11 @@ class Propagator:
                 format_sentry_trace(trace_id, span_id, sampled),
                 baggage,
                 format_traceparent(trace_id, span_id, sampled) if self._traceparent else None,
+                replaced,
             ),
         )
 
-    def _new(self, third_party: tuple[str, ...]) -> Decision:
+    def _new(self, third_party: tuple[str, ...], replaced: Replaced | None) -> Decision:
         if self._system_ids:
             # SystemIdSource's three draws in two calls: both ids from one 192-bit draw (the common path).
             hexed = _getrandbits(192).to_bytes(24, "big").hex()
@@ -334,5 +386,6 @@ class Propagator:
                 format_sentry_trace(trace_id, span_id, sampled),
                 serialize_baggage(dsc, third_party) if third_party else dsc,
                 format_traceparent(trace_id, span_id, sampled) if self._traceparent else None,
+                replaced,
             ),
         )

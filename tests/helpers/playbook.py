@@ -32,7 +32,7 @@ from typing import Any
 from proxy.server.admission import LOOPBACK, Network
 from proxy.server.connection_state import NAMES
 from proxy.server.downstream import DownstreamConnection
-from proxy.server.exchange import Exchange
+from proxy.server.exchange import KINDS, Exchange
 from proxy.server.http1 import RequestPolicy, error_response
 from proxy.server.listener import Listener
 from proxy.server.routing import ForwardRouter
@@ -420,6 +420,7 @@ class Playbook:
             splice_bodies=False,
             observers=(self,),
             wall=lambda: self.now + 1_700_000_000.0,
+            clock=self._time,
         )
         router = ForwardRouter(policy, self.services.plan_cache)
         self.server = Listener(
@@ -562,6 +563,11 @@ class Playbook:
             "rejected": {int(code): n for code, n in stats.rejected_by_status.items() if n},
         }
         return {key: value for key, value in found.items() if value}
+
+    def by_kind(self) -> dict[str, int]:
+        """Every exchange the Stats counted, by kind and outcome (`"connect origin_failed": 1`), the nonzero ones."""
+        counted = self.server.stats.by_kind
+        return {f"{KINDS[kind]} {outcome}": n for kind, row in enumerate(counted) for outcome, n in row.items() if n}
 
     # -- the end -------------------------------------------------------------------------------------------------
 

@@ -119,7 +119,10 @@ def test_connect_refused_is_502(pb: Playbook) -> None:
     pb.connects[0].refuse()
     assert pb.client.written == error_response(502, "connection to origin.test:443 refused", "connection_refused")
     assert pb.client.eof_written
-    assert pb.counts() == {"tunnels": 1, "rejected": {502: 1}}
+    # A CONNECT is an exchange of its own kind, that ends when the tunnel opens or cannot.
+    assert pb.counts() == {"tunnels": 1}
+    assert pb.by_kind() == {"connect origin_failed": 1}
+    assert pb.outcomes() == [("origin_failed", 502)]
     pb.fire_timers()
     assert pb.client.closed
 
@@ -130,7 +133,8 @@ def test_connect_timed_out_in_the_kernel_is_504(pb: Playbook) -> None:
     # (OSError(ETIMEDOUT) is a TimeoutError: the message is the connect timeout's, whichever timer ran out.)
     assert pb.client.written.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
     assert b"Proxy-Status: trace-proxy; error=connection_timeout; " in pb.client.written
-    assert pb.counts() == {"tunnels": 1, "rejected": {504: 1}}
+    assert pb.counts() == {"tunnels": 1}
+    assert pb.outcomes() == [("origin_failed", 504)]
 
 
 def test_connect_timeout_is_504(pb: Playbook) -> None:

@@ -14,6 +14,7 @@ from proxy.tracing import (
     IncomingTrace,
     PropagationConfig,
     Propagator,
+    Replaced,
     SystemIdSource,
     TraceSource,
 )
@@ -149,6 +150,72 @@ class TestEnvironment:
     )
     def test_unusable_environment_means_new_traces(self, env: dict[str, list[str]]) -> None:
         assert Propagator(config(), FixedIds(), env).decide(URL, {}).source is TraceSource.NEW
+
+
+class TestReplaced:
+    """`Decision.replaced` says why a request's trace headers did not go out as they came (the metric
+    trace_proxy_trace_headers_replaced_total counts it), and stays None where nothing was replaced."""
+
+    OVERSIZE_BAGGAGE = DSC + "," + ",".join(f"k{i}=v" for i in range(MAX_BAGGAGE_MEMBERS))
+
+    @pytest.mark.parametrize(
+        "carrier",
+        [
+            {},
+            {"sentry-trace": [f"{T}-{S}-1"]},
+            {"sentry-trace": [f"{T}-{S}-1"], "baggage": [DSC + ",foo=bar"]},
+            {"baggage": ["foo=bar"]},  # third-party members alone are no trace header
+            {"traceparent": ["nonsense"]},  # not read without propagate_traceparent
+        ],
+    )
+    def test_nothing_replaced(self, carrier: dict[str, list[str]]) -> None:
+        assert Propagator(config(), FixedIds()).decide(URL, carrier).replaced is None
+
+    def test_untouched_replaces_nothing(self) -> None:
+        propagator = Propagator(config(trace_propagation_targets=["^https://"]), FixedIds())
+        assert propagator.decide(URL, {"sentry-trace": ["bad"]}).replaced is None
+
+    @pytest.mark.parametrize(
+        "carrier",
+        [
+            {"sentry-trace": ["nonsense"]},
+            {"sentry-trace": [f"{T.upper()}-{S}-1"], "baggage": ["foo=bar"]},
+            {"baggage": [DSC]},  # a DSC without its sentry-trace belongs to no trace
+        ],
+    )
+    def test_malformed(self, carrier: dict[str, list[str]]) -> None:
+        decision = Propagator(config(), FixedIds()).decide(URL, carrier)
+        assert (decision.source, decision.replaced) == (TraceSource.NEW, Replaced.MALFORMED)
+        env = {"sentry-trace": [f"{T}-{S}-1"], "baggage": [DSC]}
+        from_env = Propagator(config(), FixedIds(), env).decide(URL, carrier)
+        assert (from_env.source, from_env.replaced) == (TraceSource.ENVIRONMENT, Replaced.MALFORMED)
+
+    def test_malformed_traceparent_when_read(self) -> None:
+        propagator = Propagator(config(propagate_traceparent=True), FixedIds())
+        assert propagator.decide(URL, {"traceparent": [f"01-{T}-{S}-01"]}).replaced is Replaced.MALFORMED
+        assert propagator.decide(URL, {"traceparent": [f"00-{T}-{S}-01"]}).replaced is None
+
+    def test_org_mismatch(self) -> None:
+        carrier = {"sentry-trace": [f"{T}-{S}-1"], "baggage": ["sentry-org_id=99," + self.OVERSIZE_BAGGAGE]}
+        decision = Propagator(config(), FixedIds()).decide(URL, carrier)
+        assert (decision.source, decision.replaced) == (TraceSource.NEW, Replaced.ORG_MISMATCH)
+        strict = Propagator(config(strict_trace_continuation=True, dsn=""), FixedIds())
+        assert strict.decide(URL, {"sentry-trace": [f"{T}-{S}-1"], "baggage": [DSC]}).replaced is None
+        assert strict.decide(URL, {"sentry-trace": [f"{T}-{S}-1"], "baggage": ["sentry-org_id=5"]}).replaced is (
+            Replaced.ORG_MISMATCH
+        )
+
+    def test_oversize(self) -> None:
+        propagator = Propagator(config(), FixedIds())
+        for _ in range(2):  # parsed, then from the cache
+            decision = propagator.decide(URL, {"sentry-trace": [f"{T}-{S}-1"], "baggage": [self.OVERSIZE_BAGGAGE]})
+            assert (decision.source, decision.replaced) == (TraceSource.REQUEST, Replaced.OVERSIZE)
+            assert decision.baggage is not None
+            assert len(decision.baggage.split(",")) == MAX_BAGGAGE_MEMBERS
+        large = {"baggage": ["big=" + "x" * MAX_BAGGAGE_BYTES]}
+        assert propagator.decide(URL, large).replaced is Replaced.OVERSIZE
+        exactly = ",".join(f"k{i}=v" for i in range(MAX_BAGGAGE_MEMBERS))
+        assert propagator.decide(URL, {"baggage": [exactly]}).replaced is None
 
 
 def test_repeated_baggage_gives_equal_decisions_and_cache_is_bounded() -> None:
