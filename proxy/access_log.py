@@ -6,8 +6,10 @@ from the request line the origin received (`RequestPlan.head`), the path cut at 
 carries tokens, so it is never logged, and neither is any header (``Authorization``, ``Cookie`` and
 ``Proxy-Authorization`` included): the line has no field for them.
 
-A request the proxy refused before it had a plan (a client not allowed, a malformed head) has no method, host,
-path or trace: those fields are ``-`` in text and null in JSON, and the status and outcome say what happened.
+A CONNECT is logged as its tunnel opens (or fails) with its target as host and port, and no path or trace: what
+goes through the tunnel is opaque. A request the proxy refused before it had a plan (a client not allowed, a
+malformed head) has no method, host, path or trace: those fields are ``-`` in text and null in JSON, and the status
+and outcome say what happened.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from proxy.config import LogSettings
 from proxy.logs import ACCESS_LOGGER
-from proxy.server.exchange import UNPLANNED, Exchange
+from proxy.server.exchange import CONNECT, UNPLANNED, Exchange
 from proxy.tracing import TraceSource
 
 __all__ = ["AccessLog", "access_fields", "access_observers", "access_text"]
@@ -57,14 +59,21 @@ def access_fields(exchange: Exchange) -> dict[str, Any]:
     """The access line of an ended exchange, as a mapping from `FIELDS` to JSON values (None: not known)."""
     plan = exchange.plan
     decision = plan.decision
-    method, path = _request_line(plan.head)
     host, port = plan.origin
+    method: str | None
+    path: str | None
+    scheme: str | None
+    if exchange.kind == CONNECT:  # a tunnel: its target, and no request line, path or trace of its own
+        method, path, scheme = "CONNECT", None, None
+    else:
+        method, path = _request_line(plan.head)
+        scheme = "http" if host else None
     touched = decision.source is not TraceSource.UNTOUCHED
     sampled = decision.sampled
     outcome = exchange.outcome
     return {
         "method": method,
-        "scheme": "http" if host else None,
+        "scheme": scheme,
         "host": host or None,
         "port": port or None,
         "path": path,
@@ -75,7 +84,7 @@ def access_fields(exchange: Exchange) -> dict[str, Any]:
         "trace_id": decision.trace_id,
         "span_id": decision.span_id,
         "sampled": ("deferred" if sampled is None else sampled) if touched else None,
-        "source": decision.source.value if plan is not UNPLANNED else None,
+        "source": decision.source.value if plan is not UNPLANNED and exchange.kind != CONNECT else None,
         "outcome": outcome.value if outcome is not None else None,
     }
 

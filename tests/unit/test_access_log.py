@@ -14,7 +14,7 @@ from proxy.access_log import FIELDS, AccessLog, access_fields, access_observers
 from proxy.app import build_propagator
 from proxy.config import LogSettings, SentrySettings, Settings
 from proxy.logs import ACCESS_LOGGER, configure_logging
-from proxy.server.exchange import UNPLANNED, Exchange, ExchangeEnds, Outcome
+from proxy.server.exchange import CONNECT, UNPLANNED, Exchange, ExchangeEnds, Outcome, tunnel_plan
 from proxy.server.http1 import RequestPolicy, plan_request
 
 DSN = "https://abc123@o42.ingest.sentry.io/7"
@@ -175,3 +175,16 @@ def test_reconfiguring_replaces_the_handler(captured: io.StringIO) -> None:
         "answer": 42,
         "time": None,
     }
+
+
+def test_a_connect_is_logged_with_its_target_and_no_trace() -> None:
+    """A CONNECT's exchange has the tunnel's target for its plan: the line says CONNECT, the target, and no path or
+    trace decision (the proxy sees nothing inside the tunnel)."""
+    clock = iter([0.0, 1.0, 1.5])
+    ends = ExchangeEnds(lambda: next(clock), lambda: 1_700_000_000.0, ())
+    exchange = ends.begin(tunnel_plan("db.internal", 443))
+    exchange.kind = CONNECT
+    ends.end(exchange, Outcome.COMPLETE, 200)
+    fields = access_fields(exchange)
+    assert (fields["method"], fields["host"], fields["port"], fields["status"]) == ("CONNECT", "db.internal", 443, 200)
+    assert fields["path"] is fields["scheme"] is fields["source"] is fields["sampled"] is fields["trace_id"] is None
