@@ -424,6 +424,7 @@ def plan_response(
         and client_keep_alive
         and not force_close
         and (client_http11 or lower.find(_KEEP_ALIVE_LINE) >= 0)
+        and lower.count(b"\r\nconnection:") < 2  # (all exactly keep-alive here) the proxy's option goes out once
     ):
         length = _content_length(lower)
         if length >= 0:

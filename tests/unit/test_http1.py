@@ -1441,3 +1441,22 @@ def test_request_transfer_coding_not_ending_in_chunked_is_refused() -> None:
     err = rejected(b"http://example.com/", [(b"Transfer-Encoding", b"gzip")], method=b"POST")
     assert err.status == 400
     assert "chunked" in err.message
+
+
+@pytest.mark.parametrize("client_http11", [True, False])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        b"Connection: keep-alive\r\nContent-Length: 0\r\nConnection: keep-alive\r\n",
+        b"Content-Length: 0\r\nConnection: keep-alive\r\nConnection: keep-alive\r\n",  # adjacent lines
+    ],
+)
+def test_a_repeated_keep_alive_line_goes_out_once(client_http11: bool, fields: bytes) -> None:
+    """An origin that repeats `Connection: keep-alive` does not get it relayed twice: the line is the proxy's own
+    option for the client connection (found by the Hypothesis property above, for an HTTP/1.0 client)."""
+    head = b"HTTP/1.1 200 OK\r\n" + fields + b"\r\n"
+    plan = plan_response(
+        200, head, request_is_head=False, client_http11=client_http11, client_keep_alive=True, force_close=False
+    )
+    assert plan.head.lower().count(b"connection:") == (0 if client_http11 else 1)
+    assert not plan.close_client
