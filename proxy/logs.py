@@ -18,7 +18,7 @@ from pythonjsonlogger.json import JsonFormatter
 
 from proxy.config import LogSettings
 
-__all__ = ["ACCESS_LOGGER", "TEXT_FORMAT", "configure_logging", "json_formatter"]
+__all__ = ["ACCESS_LOGGER", "TEXT_FORMAT", "access_stream", "configure_logging", "json_formatter"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 ACCESS_LOGGER = "proxy.access"  # the access log's logger (proxy.access_log)
@@ -26,6 +26,15 @@ ACCESS_LOGGER = "proxy.access"  # the access log's logger (proxy.access_log)
 
 class _Handler(logging.StreamHandler[TextIO]):
     """The handler this module installs (told apart from others, such as pytest's, when it is replaced)."""
+
+
+# The handler `configure_logging` installed last: the access log writes its lines to its stream directly.
+_installed: list[_Handler] = []
+
+
+def access_stream() -> TextIO | None:
+    """The stream the installed handler writes to, where access lines go (None before `configure_logging`)."""
+    return _installed[0].stream if _installed else None
 
 
 def json_formatter() -> logging.Formatter:
@@ -49,6 +58,7 @@ def configure_logging(settings: LogSettings, level_override: str | None = None, 
         root.removeHandler(old)
         old.close()
     root.addHandler(handler)
+    _installed[:] = [handler]
     root.setLevel((level_override or settings.level).upper())
     logging.captureWarnings(True)  # Python's warnings as log lines too (JSON ones, in that format), not bare text
     # The access lines are asked for by `access` alone; with it off, the logger is silent whatever the level.

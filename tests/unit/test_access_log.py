@@ -13,7 +13,7 @@ import pytest
 from proxy.access_log import FIELDS, AccessLog, access_fields, access_observers
 from proxy.app import build_propagator
 from proxy.config import LogSettings, SentrySettings, Settings
-from proxy.logs import ACCESS_LOGGER, configure_logging
+from proxy.logs import ACCESS_LOGGER, TEXT_FORMAT, configure_logging, json_formatter
 from proxy.server.exchange import CONNECT, UNPLANNED, Exchange, ExchangeEnds, Outcome, tunnel_plan
 from proxy.server.http1 import RequestPolicy, plan_request
 
@@ -188,3 +188,43 @@ def test_a_connect_is_logged_with_its_target_and_no_trace() -> None:
     fields = access_fields(exchange)
     assert (fields["method"], fields["host"], fields["port"], fields["status"]) == ("CONNECT", "db.internal", 443, 200)
     assert fields["path"] is fields["scheme"] is fields["source"] is fields["sampled"] is fields["trace_id"] is None
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_line_is_what_the_configured_formatter_writes(captured: io.StringIO, fmt: str) -> None:
+    """Access lines bypass the logging machinery for speed: each must be exactly what the installed handler's
+    formatter makes of the same record at the same time (python-json-logger's for JSON), so that a log reader sees
+    one format, whichever way a line came."""
+    exchange = _exchange()
+    settings = LogSettings(format=fmt, access=True)
+    [line] = _log_access(settings, exchange, captured)
+    fields = access_fields(exchange)
+    # The record the handler would have been given, at the time the line carries.
+    if fmt == "json":
+        created = datetime.fromisoformat(json.loads(line)["time"]).timestamp()
+        msecs = 0.0  # not in the JSON format
+    else:
+        stamp, _, _ = line.partition(" INFO ")
+        created = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        msecs = float(stamp.rpartition(",")[2])  # as written: `created` parsed back is only as exact as a float
+    logger = logging.getLogger(ACCESS_LOGGER)
+    message, extra = ("access", fields) if fmt == "json" else (line.partition(": ")[2], None)
+    record = logger.makeRecord(logger.name, logging.INFO, "", 0, message, (), None, extra=extra)
+    record.created, record.msecs = created, msecs
+    formatter = json_formatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+    assert line == formatter.format(record)
+
+
+def test_without_configured_logging_lines_go_through_the_logger(caplog: pytest.LogCaptureFixture) -> None:
+    """An AccessLog used where `configure_logging` never ran (a library user, a test) still logs, through its
+    logger."""
+    import proxy.logs
+
+    installed, proxy.logs._installed[:] = list(proxy.logs._installed), []
+    try:
+        with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER):
+            AccessLog(logging.getLogger(ACCESS_LOGGER), json=False).exchange_ended(_exchange())
+    finally:
+        proxy.logs._installed[:] = installed
+    [record] = [r for r in caplog.records if r.name == ACCESS_LOGGER]
+    assert record.getMessage().startswith("method=POST scheme=http host=svc.internal")
