@@ -326,11 +326,32 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         _DataSource(Settings, {"sentry": sentry_env} if sentry_env else {}),
         _DataSource(Settings, file_data),
     )
+    problems = _unknown_env_sections(env)
     try:
         settings = Settings(_build_sources=(sources, {}))
     except ValidationError as exc:
-        raise ConfigError([_describe(error) for error in exc.errors(include_url=False)]) from None
+        problems += [_describe(error) for error in exc.errors(include_url=False)]
+    if problems:
+        raise ConfigError(problems)
     return LoadedConfig(settings, _sources(env, env_data, sentry_env, file_data))
+
+
+def _unknown_env_sections(environ: Mapping[str, str]) -> list[str]:
+    """``TRACE_PROXY_<SECTION>__<KEY>`` variables whose section does not exist: pydantic-settings only looks for the
+    sections there are and passes over the rest, so a misspelt section (``TRACE_PROXY_LOGS__LEVEL``) would change
+    nothing, silently. Variables without ``__`` (``TRACE_PROXY_CONFIG``, the build's ``TRACE_PROXY_MYPYC``) are not
+    settings and are left alone."""
+    problems = []
+    for name in sorted(environ):
+        if not name.upper().startswith(_ENV_PREFIX):
+            continue
+        section, sep, _ = name[len(_ENV_PREFIX) :].partition("__")
+        if sep and section.lower() not in Settings.model_fields:
+            problems.append(
+                f"{section.lower()}: unknown section in the environment variable {name} "
+                "(expected [forward], [sentry], [admin] or [log])"
+            )
+    return problems
 
 
 def _sources(

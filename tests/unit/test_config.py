@@ -342,6 +342,16 @@ def test_env_values_are_validated_like_file_values() -> None:
     assert problem.startswith("sentry.traces_sample_rate: ")
 
 
+def test_env_section_that_does_not_exist_is_named() -> None:
+    """A misspelt section in a variable's name changed nothing, silently: it is an error naming the variable, like an
+    unknown key; variables that are not settings (no `__`) are left alone."""
+    [problem] = problems(None, {"TRACE_PROXY_LOGS__LEVEL": "debug", "TRACE_PROXY_MYPYC": "1", "TRACE_PROXY_CONFIG": ""})
+    assert problem.startswith("logs: unknown section")
+    assert "TRACE_PROXY_LOGS__LEVEL" in problem and "[log]" in problem
+    found = problems(None, {"trace_proxy_fowrard__listen": "127.0.0.1:1", "TRACE_PROXY_FORWARD__LISTEN": "x"})
+    assert [p.split(":", 1)[0] for p in found] == ["fowrard", "forward.listen"]  # all at once
+
+
 def test_env_list_that_is_not_json() -> None:
     [problem] = problems(None, {"TRACE_PROXY_FORWARD__CONNECT_PORTS": "[443,"})
     assert problem.startswith("forward: invalid JSON in TRACE_PROXY_FORWARD"), problem
