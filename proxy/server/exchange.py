@@ -174,17 +174,9 @@ UNPLANNED = RequestPlan(
 
 
 def tunnel_plan(host: str, port: int) -> RequestPlan:
-    """The plan of a CONNECT the proxy accepted: its target, and no head or trace decision of its own."""
-    return RequestPlan(
-        origin=(host, port),
-        head=b"",
-        body=Framing.NONE,
-        method_is_head=False,
-        upgrade=False,
-        keep_alive=False,
-        http11=True,
-        decision=UNTOUCHED_DECISION,
-    )
+    """The plan of a CONNECT the proxy accepted: its target, and no head or trace decision of its own (`UNPLANNED`
+    with an origin)."""
+    return UNPLANNED._replace(origin=(host, port))
 
 
 class ResponseSink(Protocol):
